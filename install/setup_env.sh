@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Creates .venv/ in the repository with detectron2 v0.6 (pb1-detectron2, built without its C++
+# extension), its pinned stack and this project (editable). Idempotent: a second run only checks.
+# Usage: bash install/setup_env.sh            (PYTHON=python3.11 to choose the interpreter)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+py="$venv/bin/python"
+stamp="$venv/.cityscapes_ft_ready"
+reqs="$repo/install/requirements.txt"
+stub="$repo/install/detectron2_C_stub.py"
+
+want="$(cat "$reqs" "$stub" "$0" "$repo/setup.py" | sha256sum | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$py" -c "import cityscapes_ft" 2>/dev/null; then
+    echo "[setup_env] .venv is up to date"
+    exit 0
+fi
+
+if [[ ! -x "$py" ]]; then
+    echo "[setup_env] creating $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+fi
+pip=("$py" -m pip --disable-pip-version-check)
+
+echo "[setup_env] installing torch and the pinned stack (install/requirements.txt)"
+"${pip[@]}" install -q -r "$reqs" 2>&1 | grep -v "is ignored: it is neither" || true
+"$py" -c "import torch, numpy, PIL; assert numpy.__version__ == '1.23.5', numpy.__version__" || {
+    echo "[setup_env] the pinned stack did not install: see the pip output above" >&2; exit 1; }
+
+if ! "$py" -c "import detectron2, detectron2.layers" 2>/dev/null; then
+    echo "[setup_env] building detectron2 v0.6 (pb1-detectron2) without its C++ extension"
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    # setup.py imports torch, so no build isolation (torch is already in the venv).
+    "${pip[@]}" download -q --no-deps --no-build-isolation --no-binary :all: pb1-detectron2==0.6 \
+        -d "$work" 2>&1 | grep -v "is ignored: it is neither" || true
+    tar -xzf "$work"/pb1-detectron2-0.6.tar.gz -C "$work"
+    src="$work/pb1-detectron2-0.6"
+    # 1. No C++ sources in the sdist: build no extension, and answer `from detectron2 import _C`
+    #    with a stub that names the missing extension when a compiled op is used.
+    grep -q "ext_modules=get_extensions()," "$src/setup.py"
+    sed -i 's/ext_modules=get_extensions(),/ext_modules=[],/' "$src/setup.py"
+    cp "$stub" "$src/detectron2/_C.py"
+    # 2. setup.py installs the model-zoo YAMLs from ./configs, which the sdist keeps inside the
+    #    package instead: put them where setup.py looks.
+    mv "$src/detectron2/model_zoo/configs" "$src/configs"
+    # 3. Do not install the sdist's top-level `tools` package into site-packages.
+    sed -i 's/exclude=("configs", "tests\*")/exclude=("configs", "tests*", "tools", "tools.*")/' \
+        "$src/setup.py"
+    "${pip[@]}" install -q --no-deps --no-build-isolation "$src"
+fi
+
+echo "[setup_env] installing cityscapes-ft (editable)"
+"${pip[@]}" install -q --no-deps --no-build-isolation -e "$repo"
+"$py" - <<'PY'
+import detectron2, detectron2.engine, cityscapes_ft
+from detectron2 import model_zoo
+model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+print(f"[setup_env] detectron2 {detectron2.__version__}, cityscapes_ft {cityscapes_ft.__version__}: ok")
+PY
+echo "$want" > "$stamp"

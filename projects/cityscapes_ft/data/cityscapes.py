@@ -1,0 +1,200 @@
+"""Reading Cityscapes gtFine instance annotations into detectron2 dataset dicts.
+
+Each object's mask is what cityscapesscripts' json2instanceImg draws for it: its polygon minus every
+object drawn after it (a later polygon covers earlier ones), so the annotations agree with the
+official ground truth (instanceIds.png) used by the official evaluation.
+"""
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+from cityscapesscripts.helpers.labels import name2label
+from detectron2.structures import BoxMode
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.ops import unary_union
+from shapely.validation import make_valid
+
+logger = logging.getLogger(__name__)
+
+# The 8 classes of the Cityscapes instance-level benchmark (hasInstances and not ignoreInEval), in
+# label-id order, which is the order detectron2 and the official scripts use.
+CITYSCAPES_THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+CITYSCAPES_THING_LABEL_IDS = [name2label[n].id for n in CITYSCAPES_THING_CLASSES]
+CITYSCAPES_THING_COLORS = [list(name2label[n].color) for n in CITYSCAPES_THING_CLASSES]
+CITYSCAPES_LAYOUT = (
+    "{root}/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png and "
+    "{root}/gtFine/{split}/<city>/<city>_<seq>_<frame>_gtFine_polygons.json"
+)
+
+
+class CityscapesDataError(RuntimeError):
+    """A Cityscapes-format dataset is missing, empty or malformed; the message names the path."""
+
+
+def cityscapes_root() -> str:
+    """`$DETECTRON2_DATASETS/cityscapes`, `./datasets/cityscapes` by default (read at call time)."""
+    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "cityscapes")
+
+
+@dataclass
+class CityscapesFile:
+    image_file: str
+    polygons_file: str
+    instance_ids_file: str
+    image_id: str
+
+
+def list_cityscapes_files(root: str, split: str) -> List[CityscapesFile]:
+    """Pairs every leftImg8bit image of `split` with its gtFine files, sorted by name."""
+    image_dir = os.path.join(root, "leftImg8bit", split)
+    gt_dir = os.path.join(root, "gtFine", split)
+    hint = (
+        f"Expected the Cityscapes layout {CITYSCAPES_LAYOUT.format(root=root, split=split)}. "
+        "Set DETECTRON2_DATASETS to the folder that contains cityscapes/ (see datasets/README.md), "
+        "or make synthetic data with `python datasets/make_synthetic_cityscapes.py`."
+    )
+    for folder in (image_dir, gt_dir):
+        if not os.path.isdir(folder):
+            raise CityscapesDataError(f"Cityscapes folder not found: {folder}. {hint}")
+    suffix = "_leftImg8bit.png"
+    files = []
+    for city in sorted(os.listdir(image_dir)):
+        city_dir = os.path.join(image_dir, city)
+        if not os.path.isdir(city_dir):
+            continue
+        for name in sorted(os.listdir(city_dir)):
+            if not name.endswith(suffix):
+                continue
+            stem = name[: -len(suffix)]
+            polygons = os.path.join(gt_dir, city, stem + "_gtFine_polygons.json")
+            if not os.path.isfile(polygons):
+                raise CityscapesDataError(
+                    f"Annotation file missing for image {os.path.join(city_dir, name)}: "
+                    f"expected {polygons}"
+                )
+            files.append(
+                CityscapesFile(
+                    image_file=os.path.join(city_dir, name),
+                    polygons_file=polygons,
+                    instance_ids_file=os.path.join(gt_dir, city, stem + "_gtFine_instanceIds.png"),
+                    image_id=stem,
+                )
+            )
+    if not files:
+        raise CityscapesDataError(f"No *{suffix} images under {image_dir}. {hint}")
+    return files
+
+
+def _as_polygon(points, json_file: str, label: str):
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3:
+        raise CityscapesDataError(
+            f"{json_file}: object '{label}' has a polygon that is not a list of at least 3 [x, y] "
+            f"points: {str(points)[:80]}"
+        )
+    poly = Polygon(pts)
+    # Annotated outlines can self-intersect; the renderer fills them anyway.
+    return poly if poly.is_valid else make_valid(poly)
+
+
+def _flat_polygons(geometry) -> List[List[float]]:
+    """Exterior rings of the polygonal parts of `geometry`, as detectron2's flat [x0, y0, ...] lists.
+
+    Holes are dropped: detectron2's polygon masks have no holes (the official evaluation still
+    scores against instanceIds.png, where they are exact).
+    """
+    parts = getattr(geometry, "geoms", [geometry])
+    out = []
+    for part in parts:
+        if isinstance(part, MultiPolygon) or hasattr(part, "geoms"):
+            out.extend(_flat_polygons(part))
+        elif isinstance(part, Polygon) and not part.is_empty and part.area > 0:
+            coords = np.asarray(part.exterior.coords[:-1], dtype=np.float64)
+            if len(coords) >= 3:
+                out.append(coords.reshape(-1).tolist())
+    return out
+
+
+def parse_cityscapes_polygons(json_file: str, class_names=CITYSCAPES_THING_CLASSES) -> Dict:
+    """One gtFine *_polygons.json -> (height, width, detectron2 annotations) with visible masks."""
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+        height, width, objects = int(data["imgHeight"]), int(data["imgWidth"]), data["objects"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CityscapesDataError(
+            f"{json_file}: not a Cityscapes polygons file "
+            f'({{"imgHeight", "imgWidth", "objects": [...]}} expected): {e}'
+        ) from e
+    class_index = {name: i for i, name in enumerate(class_names)}
+
+    # What json2instanceImg draws, in drawing order: (label, is_group, polygon).
+    drawn = []
+    for obj in objects:
+        if obj.get("deleted"):
+            continue
+        label, is_group = obj.get("label"), False
+        if label not in name2label and isinstance(label, str) and label.endswith("group"):
+            label, is_group = label[: -len("group")], True
+        if label not in name2label:
+            raise CityscapesDataError(
+                f"{json_file}: unknown label '{obj.get('label')}' (not in "
+                "cityscapesscripts.helpers.labels)"
+            )
+        if name2label[label].id < 0:
+            continue  # never drawn (license plate)
+        drawn.append((label, is_group, _as_polygon(obj.get("polygon"), json_file, label)))
+
+    bounds = np.array([p.bounds if not p.is_empty else (0, 0, -1, -1) for _, _, p in drawn])
+    annotations = []
+    for i, (label, is_group, poly) in enumerate(drawn):
+        if label not in class_index or poly.is_empty:
+            continue
+        x0, y0, x1, y1 = bounds[i]
+        later = bounds[i + 1 :]
+        overlap = np.nonzero(
+            (later[:, 0] <= x1) & (later[:, 2] >= x0) & (later[:, 1] <= y1) & (later[:, 3] >= y0)
+        )[0]
+        visible = poly
+        if len(overlap):
+            visible = poly.difference(unary_union([drawn[i + 1 + j][2] for j in overlap]))
+        vx0, vy0, vx1, vy1 = visible.bounds if not visible.is_empty else (0, 0, 0, 0)
+        if min(vx1 - vx0, vy1 - vy0) < 1.0:
+            continue  # covered by later objects, or a sliver under a pixel thick: nothing to see
+        segmentation = _flat_polygons(visible)
+        if not segmentation:
+            continue
+        annotations.append(
+            {
+                "category_id": class_index[label],
+                "iscrowd": int(is_group),
+                "bbox": [
+                    max(vx0, 0.0), max(vy0, 0.0), min(vx1, float(width)), min(vy1, float(height))
+                ],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "segmentation": segmentation,
+            }
+        )
+    return {"height": height, "width": width, "annotations": annotations}
+
+
+def load_cityscapes_ft_instances(root: str, split: str) -> List[Dict]:
+    """All images of a Cityscapes split as detectron2 dataset dicts (instance annotations)."""
+    files = list_cityscapes_files(root, split)
+    dicts = []
+    for f in files:
+        record = parse_cityscapes_polygons(f.polygons_file)
+        record.update(
+            file_name=f.image_file,
+            image_id=f.image_id,
+            instance_ids_file=f.instance_ids_file,
+        )
+        dicts.append(record)
+    logger.info(
+        "Loaded %d images (%d instances) from Cityscapes %s split at %s",
+        len(dicts), sum(len(d["annotations"]) for d in dicts), split, root,
+    )
+    return dicts

@@ -1,0 +1,52 @@
+"""Registers cityscapes-ft's datasets, once, on import of the package.
+
+Detectron2 already registers `cityscapes_fine_instance_seg_*` on import; ours have their own names,
+read `$DETECTRON2_DATASETS/cityscapes` when the split is first loaded (not at import), and carry the
+metadata our trainer, evaluator and Visualizer need.
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .cityscapes import (
+    CITYSCAPES_THING_CLASSES,
+    CITYSCAPES_THING_COLORS,
+    CITYSCAPES_THING_LABEL_IDS,
+    cityscapes_root,
+    load_cityscapes_ft_instances,
+)
+
+EVALUATOR_TYPE = "cityscapes_ft_instance"
+CITYSCAPES_FT_SPLITS = {
+    "cityscapes_ft_instance_train": "train",
+    "cityscapes_ft_instance_val": "val",
+}
+
+
+def register_cityscapes_ft_instances(name: str, split: str, root=None):
+    """Register one Cityscapes-format split under `name`.
+
+    `root` is the folder holding leftImg8bit/ and gtFine/; None means `$DETECTRON2_DATASETS/cityscapes`
+    resolved when the dataset is loaded.
+    """
+    DatasetCatalog.register(
+        name,
+        lambda split=split, root=root: load_cityscapes_ft_instances(
+            root if root is not None else cityscapes_root(), split
+        ),
+    )
+    MetadataCatalog.get(name).set(
+        thing_classes=list(CITYSCAPES_THING_CLASSES),
+        thing_colors=[tuple(c) for c in CITYSCAPES_THING_COLORS],
+        # Cityscapes label id of each contiguous class id (the official evaluation needs them).
+        thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(CITYSCAPES_THING_LABEL_IDS)},
+        evaluator_type=EVALUATOR_TYPE,
+        split=split,
+        **({"dataset_root": os.path.abspath(root)} if root is not None else {}),
+    )
+
+
+def register_all_cityscapes_ft():
+    for name, split in CITYSCAPES_FT_SPLITS.items():
+        if name not in DatasetCatalog.list():
+            register_cityscapes_ft_instances(name, split)

@@ -1,0 +1,84 @@
+"""What tools/train_net.py runs: config set-up and the train / evaluate entry point."""
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checks import check_config_runnable
+from ..config import add_cityscapes_ft_config
+from ..weights import load_weights_or_explain
+from .trainer import CityscapesFTTrainer
+
+logger = logging.getLogger("cityscapes_ft")
+
+
+def argument_parser(epilog=None):
+    """detectron2's command line (--config-file, --num-gpus, --num-machines, --machine-rank,
+    --dist-url, --resume, --eval-only, trailing KEY VALUE overrides). Without CUDA, --num-gpus N
+    starts N CPU processes over gloo; --dist-url auto picks a free local port."""
+    return default_argument_parser(epilog=epilog)
+
+
+def _load_cfg(args):
+    if not args.config_file or not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file: no such file '{args.config_file}' (try configs/cs_ft.yaml)")
+    cfg = get_cfg()
+    add_cityscapes_ft_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def setup_cfg(args):
+    """get_cfg -> add_cityscapes_ft_config -> merge file -> merge overrides -> check -> freeze ->
+    default_setup."""
+    cfg = _load_cfg(args)
+    check_config_runnable(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
+    return cfg
+
+
+def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):
+    """The body of tools/train_net.py's main(): train (optionally resuming) or, with --eval-only,
+    evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)."""
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = trainer_cls.build_model(cfg)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpoint = load_weights_or_explain(
+            lambda: checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume), cfg.MODEL.WEIGHTS
+        )
+        iteration = checkpoint.get("iteration")
+        weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+        results = trainer_cls.test(
+            cfg, model, iteration=None if iteration is None else iteration + 1, checkpoint=weights
+        )
+        _draw_predictions(cfg, model)
+        return results
+
+    trainer = trainer_cls(cfg)
+    load_weights_or_explain(lambda: trainer.resume_or_load(resume=args.resume), cfg.MODEL.WEIGHTS)
+    results = trainer.train()
+    _draw_predictions(cfg, trainer.model)
+    return results
+
+
+def _draw_predictions(cfg, model):
+    if cfg.CITYSCAPES_FT.VIS_NUM_IMAGES > 0 and comm.is_main_process() and cfg.DATASETS.TEST:
+        from ..visualization import draw_dataset_predictions
+
+        model = model.module if hasattr(model, "module") else model
+        out_dir = os.path.join(cfg.OUTPUT_DIR, "predictions")
+        with torch.no_grad():
+            files = draw_dataset_predictions(
+                cfg, model, cfg.DATASETS.TEST[0], out_dir, cfg.CITYSCAPES_FT.VIS_NUM_IMAGES,
+                cfg.CITYSCAPES_FT.VIS_SCORE_THRESH,
+            )
+        logger.info(f"Drew predictions on {len(files)} images of {cfg.DATASETS.TEST[0]} into {out_dir}")

@@ -1,0 +1,131 @@
+"""The cityscapes-ft trainer: detectron2's DefaultTrainer with our mapper, evaluator and fixes."""
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import build_mapper
+from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
+from ..utils import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def wrap_for_distributed(model):
+    """DistributedDataParallel for CUDA and for CPU (gloo) models; the model itself alone."""
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return DistributedDataParallel(
+        model,
+        device_ids=[comm.get_local_rank()] if on_cuda else None,
+        broadcast_buffers=False,
+    )
+
+
+class CityscapesFTTrainer(DefaultTrainer):
+    """DefaultTrainer with the Cityscapes mapper and evaluator, CPU distributed training, and
+    checkpoints that keep the optimizer (and AMP grad scaler), which v0.6 drops on resume."""
+
+    def __init__(self, cfg):
+        # Same construction as DefaultTrainer.__init__, but DDP also wraps CPU models (v0.6 passes
+        # device_ids for CPU models, which DDP rejects).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_for_distributed(model)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    # Checkpoints hold the inner trainer's state: optimizer (momentum) and AMP grad scaler.
+    def state_dict(self):
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("Checkpoint has no optimizer state (made by plain detectron2 v0.6?): "
+                           "resuming with fresh momentum")
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        # Evaluation that also records which iteration and checkpoint it measured.
+        for i, hook in enumerate(ret):
+            if isinstance(hook, hooks.EvalHook):
+                ret[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate_during_training)
+        return ret
+
+    def _evaluate_during_training(self):
+        checkpoint = self.checkpointer.get_checkpoint_file() if comm.is_main_process() else None
+        self._last_eval_results = self.test(
+            self.cfg, self.model, iteration=self.iter + 1, checkpoint=checkpoint
+        )
+        return self._last_eval_results
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return CityscapesInstanceSegEvaluator(
+            dataset_name, output_folder, tasks=cfg.CITYSCAPES_FT.EVAL_TASKS
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None):
+        """Evaluate on every cfg.DATASETS.TEST; print tables and write one JSON per dataset to
+        OUTPUT_DIR/eval_results/. Returns results as DefaultTrainer.test does."""
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets")
+        results = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            loader = cls.build_test_loader(cfg, dataset_name)
+            evaluator = evaluators[idx] if evaluators else cls.build_evaluator(cfg, dataset_name)
+            res = inference_on_dataset(model, loader, evaluator)
+            results[dataset_name] = res
+            if comm.is_main_process():
+                class_names = MetadataCatalog.get(dataset_name).thing_classes
+                logger.info(
+                    f"Evaluation of {dataset_name} (iteration {iteration}, weights {checkpoint}):\n"
+                    + format_results_tables(res, class_names)
+                )
+                print_csv_format(res)
+                name = f"{dataset_name}_iter{iteration:07d}.json" if iteration is not None else f"{dataset_name}.json"
+                path = os.path.join(cfg.OUTPUT_DIR, "eval_results", name)
+                atomic_write_json(
+                    path,
+                    {"dataset": dataset_name, "iteration": iteration, "checkpoint": checkpoint,
+                     "results": res},
+                )
+                logger.info(f"Evaluation results written to {path}")
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return results

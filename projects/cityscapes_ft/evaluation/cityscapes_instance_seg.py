@@ -1,0 +1,223 @@
+"""Official Cityscapes instance AP and COCO-style box/mask AP from one pass over the predictions."""
+import contextlib
+import io
+import itertools
+import logging
+import os
+import shutil
+from collections import OrderedDict
+
+import numpy as np
+import pycocotools.mask as mask_util
+from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+logger = logging.getLogger(__name__)
+
+COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+class CityscapesEvaluationError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _working_directory(path):
+    # cityscapesscripts writes matches.json into the current directory: keep it in our output.
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+class CityscapesInstanceSegEvaluator(DatasetEvaluator):
+    """Evaluates instance predictions on a Cityscapes-format dataset.
+
+    tasks: "cityscapes" (official cityscapesscripts AP/AP50 on instanceIds.png, overall and per
+    class), "bbox" and "segm" (pycocotools COCOeval, AP/AP50/AP75/APs/APm/APl and per class).
+    Predictions are kept as RLE and gathered to the main process, so it works across processes
+    and machines; every file it writes stays under `output_dir`.
+    """
+
+    def __init__(self, dataset_name, output_dir, tasks=("cityscapes", "bbox", "segm"), distributed=True):
+        unknown = set(tasks) - {"cityscapes", "bbox", "segm"}
+        if unknown:
+            raise ValueError(f"CITYSCAPES_FT.EVAL_TASKS: unknown {sorted(unknown)}; "
+                             "expected some of 'cityscapes', 'bbox', 'segm'")
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir
+        self._tasks = tuple(tasks)
+        self._distributed = distributed
+        self._metadata = MetadataCatalog.get(dataset_name)
+        self._class_names = list(self._metadata.thing_classes)
+        contiguous_to_label_id = {v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()}
+        self._label_ids = [contiguous_to_label_id[i] for i in range(len(self._class_names))]
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            instances = out["instances"].to("cpu")
+            masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
+            rles = []
+            if masks is not None:
+                for m in masks:
+                    rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    rles.append(rle)
+            self._predictions.append(
+                {
+                    "file_name": inp["file_name"],
+                    "boxes": instances.pred_boxes.tensor.numpy().tolist(),
+                    "scores": instances.scores.numpy().tolist(),
+                    "classes": instances.pred_classes.numpy().tolist(),
+                    "masks": rles,
+                }
+            )
+
+    def evaluate(self):
+        if self._distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        else:
+            predictions = self._predictions
+        dataset = DatasetCatalog.get(self._dataset_name)
+        by_file = {p["file_name"]: p for p in predictions}
+        missing = [d["file_name"] for d in dataset if d["file_name"] not in by_file]
+        if missing:
+            raise CityscapesEvaluationError(
+                f"{self._dataset_name}: no predictions for {len(missing)} of {len(dataset)} images "
+                f"(first: {missing[0]}); evaluate the whole dataset"
+            )
+        os.makedirs(self._output_dir, exist_ok=True)
+        results = OrderedDict()
+        if "cityscapes" in self._tasks:
+            results["cityscapes"] = self._eval_official(dataset, by_file)
+        for task in ("bbox", "segm"):
+            if task in self._tasks:
+                results[task] = self._eval_coco(dataset, by_file, task)
+        return results
+
+    # ---- official Cityscapes metric -------------------------------------------------------------
+    def _eval_official(self, dataset, by_file):
+        eval_dir = os.path.abspath(os.path.join(self._output_dir, "cityscapes_official"))
+        pred_dir = os.path.join(eval_dir, "pred")
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        os.makedirs(pred_dir)
+        gt_files, pred_files = [], []
+        for d in dataset:
+            gt = d.get("instance_ids_file")
+            if not gt or not os.path.isfile(gt):
+                raise CityscapesEvaluationError(
+                    f"Official Cityscapes evaluation needs the ground-truth instance image {gt} "
+                    f"for {d['file_name']}; it comes with gtFine (or make it from the polygons "
+                    "with cityscapesscripts' json2instanceImg)"
+                )
+            stem = os.path.basename(d["file_name"])[: -len("_leftImg8bit.png")]
+            gt_files.append(os.path.abspath(gt))
+            pred_files.append(self._write_cityscapes_prediction(pred_dir, stem, by_file[d["file_name"]]))
+
+        args = cs_eval.args
+        args.predictionPath = pred_dir
+        args.predictionWalk = None
+        # A private ground-truth cache: the default lives inside the installed package and would be
+        # reused for any other dataset.
+        args.gtInstancesFile = os.path.join(eval_dir, "gtInstances.json")
+        args.exportFile = os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json")
+        args.JSONOutput = True
+        args.quiet = True
+        args.colorized = False
+        log = io.StringIO()
+        try:
+            with _working_directory(eval_dir), contextlib.redirect_stdout(log):
+                res = cs_eval.evaluateImgLists(pred_files, gt_files, args)["averages"]
+        except SystemExit as e:  # cityscapesscripts' printError exits
+            raise CityscapesEvaluationError(
+                f"cityscapesscripts' evaluation failed: {log.getvalue().strip()[-500:]}"
+            ) from e
+        out = OrderedDict(AP=100 * res["allAp"], AP50=100 * res["allAp50%"])
+        for name in self._class_names:
+            out[f"AP-{name}"] = 100 * res["classes"][name]["ap"]
+        for name in self._class_names:
+            out[f"AP50-{name}"] = 100 * res["classes"][name]["ap50%"]
+        return out
+
+    def _write_cityscapes_prediction(self, pred_dir, stem, pred):
+        txt = os.path.join(pred_dir, stem + "_pred.txt")
+        with open(txt, "w") as f:
+            for i, (cls, score, rle) in enumerate(zip(pred["classes"], pred["scores"], pred["masks"])):
+                png = f"{stem}_{i}.png"
+                mask = mask_util.decode(rle).astype(bool)
+                Image.fromarray(mask).save(os.path.join(pred_dir, png))
+                f.write(f"{png} {self._label_ids[cls]} {score}\n")
+        return txt
+
+    # ---- COCO-style AP --------------------------------------------------------------------------
+    def _coco_ground_truth(self, dataset):
+        images, annotations = [], []
+        for img_id, d in enumerate(dataset, start=1):
+            h, w = d["height"], d["width"]
+            images.append({"id": img_id, "height": h, "width": w, "file_name": d["file_name"]})
+            for ann in d["annotations"]:
+                rle = mask_util.merge(mask_util.frPyObjects(ann["segmentation"], h, w))
+                box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYWH_ABS)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": img_id,
+                        "category_id": ann["category_id"],
+                        "iscrowd": ann.get("iscrowd", 0),
+                        "bbox": [float(x) for x in box],
+                        "area": float(mask_util.area(rle)),
+                        "segmentation": ann["segmentation"],
+                    }
+                )
+        categories = [{"id": i, "name": n} for i, n in enumerate(self._class_names)]
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    def _eval_coco(self, dataset, by_file, task):
+        coco_gt = self._coco_ground_truth(dataset)
+        detections = []
+        for img_id, d in enumerate(dataset, start=1):
+            p = by_file[d["file_name"]]
+            for k, (box, score, cls) in enumerate(zip(p["boxes"], p["scores"], p["classes"])):
+                x0, y0, x1, y1 = box
+                det = {"image_id": img_id, "category_id": cls, "score": score,
+                       "bbox": [x0, y0, x1 - x0, y1 - y0]}
+                if task == "segm":
+                    det["segmentation"] = p["masks"][k]
+                detections.append(det)
+        if not detections:
+            logger.warning(f"No predictions on {self._dataset_name}: COCO {task} AP is 0")
+            return OrderedDict((m, 0.0) for m in COCO_METRICS)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            coco_dt = coco_gt.loadRes(detections)
+            coco_eval = COCOeval(coco_gt, coco_dt, task)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        logger.info(f"COCOeval {task} on {self._dataset_name}:\n{log.getvalue()}")
+        out = OrderedDict((m, 100 * float(coco_eval.stats[i])) for i, m in enumerate(COCO_METRICS))
+        # precision: [IoU thresholds, recall points, classes, area ranges, max detections]
+        precision = coco_eval.eval["precision"]
+        for k, name in enumerate(self._class_names):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            out[f"AP-{name}"] = 100 * float(p.mean()) if p.size else float("nan")
+        return out

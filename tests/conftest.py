@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic Cityscapes tree; returns the folder to use as DETECTRON2_DATASETS."""
+    from cityscapes_ft.data.synthetic import make_synthetic_cityscapes
+
+    base = tmp_path_factory.mktemp("d2datasets")
+    make_synthetic_cityscapes(str(base / "cityscapes"), num_train=8, num_val=6, width=256,
+                              height=128, seed=3, log=lambda *_: None)
+    return str(base)
+
+
+@pytest.fixture
+def cityscapes_env(synthetic_root, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", synthetic_root)
+    return synthetic_root
+
+
+def load_config(path, *opts):
+    from detectron2.config import get_cfg
+
+    from cityscapes_ft import add_cityscapes_ft_config
+
+    cfg = get_cfg()
+    add_cityscapes_ft_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg

@@ -1,0 +1,64 @@
+import glob
+import os
+
+import pytest
+from conftest import CONFIGS, load_config
+
+NON_BASE = sorted(
+    p for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
+    if not os.path.basename(p).startswith("Base-")
+)
+
+
+def test_there_are_configs_to_check():
+    names = {os.path.relpath(p, CONFIGS) for p in NON_BASE}
+    assert {"cs_ft.yaml", "quick_schedules/cs_ft_cpu_demo.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", NON_BASE, ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_every_config_loads_with_8_classes_on_our_datasets(path):
+    cfg = load_config(path)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 8
+    assert cfg.MODEL.MASK_ON
+    assert cfg.DATASETS.TRAIN == ("cityscapes_ft_instance_train",)
+    assert cfg.DATASETS.TEST == ("cityscapes_ft_instance_val",)
+    assert cfg.INPUT.DATASET_MAPPER_NAME == "CityscapesInstanceMapper"
+
+
+def test_cs_ft_is_the_published_recipe():
+    cfg = load_config(os.path.join(CONFIGS, "cs_ft.yaml"))
+    assert cfg.MODEL.WEIGHTS == (
+        "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+    )
+    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
+    assert cfg.MODEL.RESNETS.DEPTH == 50
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(800, 1025, 32))
+    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice"
+    assert (cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (2048, 1024, 2048)
+    assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.BASE_LR == 0.01
+    assert cfg.SOLVER.WARMUP_METHOD == "linear"
+    assert cfg.SOLVER.WARMUP_ITERS == 500 and cfg.SOLVER.WARMUP_FACTOR == 0.001
+    assert cfg.SOLVER.GAMMA == 0.1
+    assert list(cfg.SOLVER.STEPS) == [18000] and cfg.SOLVER.MAX_ITER == 24000
+
+
+def test_our_base_means_what_detectron2s_base_means():
+    """configs/Base-RCNN-FPN.yaml is ours, but must give the same config as detectron2's."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    ours = get_cfg()
+    ours.merge_from_file(os.path.join(CONFIGS, "Base-RCNN-FPN.yaml"))
+    theirs = get_cfg()
+    theirs.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+    theirs.DATASETS = ours.DATASETS  # theirs names COCO; ours leaves datasets to the Cityscapes base
+    assert ours == theirs
+
+
+def test_trailing_overrides_and_unknown_keys():
+    cfg = load_config(os.path.join(CONFIGS, "cs_ft.yaml"), "SOLVER.BASE_LR", "0.02",
+                      "CITYSCAPES_FT.VIS_NUM_IMAGES", "3")
+    assert cfg.SOLVER.BASE_LR == 0.02 and cfg.CITYSCAPES_FT.VIS_NUM_IMAGES == 3
+    with pytest.raises(AssertionError, match="Non-existent key: SOLVER.NOT_A_KEY"):
+        load_config(os.path.join(CONFIGS, "cs_ft.yaml"), "SOLVER.NOT_A_KEY", "1")

@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Train or evaluate Mask R-CNN on Cityscapes with detectron2's command line.
+
+    python tools/train_net.py --config-file configs/cs_ft.yaml --num-gpus 4
+    python tools/train_net.py --config-file configs/cs_ft.yaml --eval-only MODEL.WEIGHTS path/to/model.pth
+    python tools/train_net.py --config-file configs/cs_ft.yaml --num-gpus 4 --resume
+
+Without CUDA, --num-gpus N starts N CPU processes over gloo.
+"""
+from cityscapes_ft.engine import argument_parser, launch, setup_cfg, train_or_evaluate
+
+
+def setup(args):
+    return setup_cfg(args)
+
+
+def main(args):
+    return train_or_evaluate(args)
+
+
+if __name__ == "__main__":
+    args = argument_parser(epilog=__doc__).parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
