@@ -4,6 +4,7 @@ import torch
 from conftest import CONFIGS, load_config
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from cityscapes_ft.data import build_mapper
 
@@ -25,7 +26,8 @@ def test_cs_ft_model_builds_on_cpu_and_runs_train_and_inference(cityscapes_env):
     dicts = DatasetCatalog.get("cityscapes_ft_instance_train")[:2]
     train_mapper = build_mapper(cfg, is_train=True)
     model.train()
-    losses = model([train_mapper(d) for d in dicts])
+    with EventStorage():
+        losses = model([train_mapper(d) for d in dicts])
     assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
     total = sum(losses.values())
     assert torch.isfinite(total)

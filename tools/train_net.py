@@ -8,6 +8,7 @@
 Without CUDA, --num-gpus N starts N CPU processes over gloo.
 """
 from cityscapes_ft.engine import argument_parser, launch, setup_cfg, train_or_evaluate
+from cityscapes_ft.errors import user_errors_as_messages
 
 
 def setup(args):
@@ -21,11 +22,12 @@ def main(args):
 if __name__ == "__main__":
     args = argument_parser(epilog=__doc__).parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    with user_errors_as_messages():
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

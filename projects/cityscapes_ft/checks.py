@@ -1,9 +1,7 @@
 """Checks that turn configurations this install cannot run into one clear message up front."""
 import torch
 
-
-class ConfigNotRunnable(ValueError):
-    pass
+from .errors import ConfigNotRunnable
 
 
 def detectron2_has_compiled_ops() -> bool:
@@ -42,6 +40,12 @@ def check_config_runnable(cfg):
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but torch finds no CUDA device here; "
             "add `MODEL.DEVICE cpu` to the command line (or use a CPU config such as "
             "configs/quick_schedules/cs_ft_cpu_demo.yaml)"
+        )
+    late = [s for s in cfg.SOLVER.STEPS if s >= cfg.SOLVER.MAX_ITER]
+    if late:
+        raise ConfigNotRunnable(
+            f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} must all be smaller than SOLVER.MAX_ITER "
+            f"({cfg.SOLVER.MAX_ITER}); lower the steps or raise MAX_ITER"
         )
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES != 8:
         raise ConfigNotRunnable(

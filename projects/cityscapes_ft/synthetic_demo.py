@@ -81,4 +81,7 @@ def summarize(train_args, seconds):
 
 
 def main(argv=None):
-    run_synthetic_demo(argument_parser().parse_args(argv))
+    from .errors import user_errors_as_messages
+
+    with user_errors_as_messages():
+        run_synthetic_demo(argument_parser().parse_args(argv))

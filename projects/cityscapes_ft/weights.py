@@ -2,9 +2,7 @@
 import os
 import urllib.error
 
-
-class WeightsNotAvailable(RuntimeError):
-    pass
+from .errors import WeightsNotAvailable
 
 
 def load_weights_or_explain(load, weights: str):

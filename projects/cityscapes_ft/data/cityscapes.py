@@ -17,6 +17,8 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.ops import unary_union
 from shapely.validation import make_valid
 
+from ..errors import CityscapesDataError
+
 logger = logging.getLogger(__name__)
 
 # The 8 classes of the Cityscapes instance-level benchmark (hasInstances and not ignoreInEval), in
@@ -28,10 +30,6 @@ CITYSCAPES_LAYOUT = (
     "{root}/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png and "
     "{root}/gtFine/{split}/<city>/<city>_<seq>_<frame>_gtFine_polygons.json"
 )
-
-
-class CityscapesDataError(RuntimeError):
-    """A Cityscapes-format dataset is missing, empty or malformed; the message names the path."""
 
 
 def cityscapes_root() -> str:

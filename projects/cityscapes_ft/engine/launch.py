@@ -8,12 +8,15 @@ it starts `num_gpus_per_machine` CPU processes over gloo instead.
 import logging
 import os
 import socket
+import sys
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
+
+from ..errors import EXIT_USER_ERROR, CityscapesFTError
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -78,5 +81,9 @@ def _distributed_worker(local_rank, main_func, backend, world_size, num_gpus_per
     comm.synchronize()
     try:
         main_func(*args)
+    except CityscapesFTError as e:
+        print(f"error (rank {global_rank}): {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -79,9 +79,9 @@ class CityscapesFTTrainer(DefaultTrainer):
 
     def _evaluate_during_training(self):
         checkpoint = self.checkpointer.get_checkpoint_file() if comm.is_main_process() else None
-        self._last_eval_results = self.test(
-            self.cfg, self.model, iteration=self.iter + 1, checkpoint=checkpoint
-        )
+        # Iterations done: self.iter is the current one in after_step, max_iter in after_train.
+        done = min(self.iter + 1, self.max_iter)
+        self._last_eval_results = self.test(self.cfg, self.model, iteration=done, checkpoint=checkpoint)
         return self._last_eval_results
 
     @classmethod

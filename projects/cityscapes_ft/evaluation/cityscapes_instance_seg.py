@@ -18,13 +18,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..errors import CityscapesEvaluationError
+
 logger = logging.getLogger(__name__)
 
 COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-
-
-class CityscapesEvaluationError(RuntimeError):
-    pass
 
 
 @contextlib.contextmanager
@@ -204,7 +202,11 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                 detections.append(det)
         if not detections:
             logger.warning(f"No predictions on {self._dataset_name}: COCO {task} AP is 0")
-            return OrderedDict((m, 0.0) for m in COCO_METRICS)
+            out = OrderedDict((m, 0.0) for m in COCO_METRICS)
+            has_gt = {a["category_id"] for a in coco_gt.dataset["annotations"] if not a["iscrowd"]}
+            for k, name in enumerate(self._class_names):
+                out[f"AP-{name}"] = 0.0 if k in has_gt else float("nan")
+            return out
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
             coco_dt = coco_gt.loadRes(detections)
