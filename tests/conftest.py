@@ -24,12 +24,6 @@ def cityscapes_env(synthetic_root, monkeypatch):
 
 
 def load_config(path, *opts):
-    from detectron2.config import get_cfg
+    from cityscapes_ft.config import load_cityscapes_ft_cfg
 
-    from cityscapes_ft import add_cityscapes_ft_config
-
-    cfg = get_cfg()
-    add_cityscapes_ft_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_cityscapes_ft_cfg(path, opts)

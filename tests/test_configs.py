@@ -4,6 +4,8 @@ import os
 import pytest
 from conftest import CONFIGS, load_config
 
+from cityscapes_ft.errors import ConfigNotRunnable
+
 NON_BASE = sorted(
     p for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-")
@@ -60,5 +62,17 @@ def test_trailing_overrides_and_unknown_keys():
     cfg = load_config(os.path.join(CONFIGS, "cs_ft.yaml"), "SOLVER.BASE_LR", "0.02",
                       "CITYSCAPES_FT.VIS_NUM_IMAGES", "3")
     assert cfg.SOLVER.BASE_LR == 0.02 and cfg.CITYSCAPES_FT.VIS_NUM_IMAGES == 3
-    with pytest.raises(AssertionError, match="Non-existent key: SOLVER.NOT_A_KEY"):
+    with pytest.raises(ConfigNotRunnable, match="Non-existent key: SOLVER.NOT_A_KEY") as e:
         load_config(os.path.join(CONFIGS, "cs_ft.yaml"), "SOLVER.NOT_A_KEY", "1")
+    assert "CITYSCAPES_FT.*" in str(e.value)
+    with pytest.raises(ConfigNotRunnable, match="Did you mean SOLVER.BASE_LR"):
+        load_config(os.path.join(CONFIGS, "cs_ft.yaml"), "SOLVER.BASE_RL", "0.1")
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{os.path.join(CONFIGS, "cs_ft.yaml")}"\nCITYSCAPES_FT:\n  EVAL_TASK: ("segm",)\n')
+    with pytest.raises(ConfigNotRunnable) as e:
+        load_config(str(bad))
+    assert "CITYSCAPES_FT.EVAL_TASK" in str(e.value) and str(bad) in str(e.value)
+    assert "CITYSCAPES_FT.EVAL_TASKS" in str(e.value)

@@ -104,6 +104,11 @@ def test_two_cpu_processes_train_together(synthetic_root, tmp_path):
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 3
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved without the DDP wrapper
+    # each process ran inference on half of val; the evaluator refuses to score a partial set, so
+    # a results file means the predictions of both processes were gathered
+    data = json.load(open(tmp_path / "eval_results" / "cityscapes_ft_instance_val_iter0000004.json"))
+    assert set(data["results"]) == {"cityscapes", "bbox", "segm"}
+    assert "Start inference on 3 batches" in open(tmp_path / "log.txt").read()
 
 
 def test_missing_dataset_is_one_clear_message(tmp_path):

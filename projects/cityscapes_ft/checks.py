@@ -1,5 +1,9 @@
 """Checks that turn configurations this install cannot run into one clear message up front."""
+import os
+import tempfile
+
 import torch
+from detectron2.data import MetadataCatalog
 
 from .errors import ConfigNotRunnable
 
@@ -25,6 +29,19 @@ def ops_needing_extension(cfg):
     return needs
 
 
+def check_output_dir_writable(output_dir: str):
+    """Fail before any work when OUTPUT_DIR cannot hold checkpoints and results."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigNotRunnable(
+            f"OUTPUT_DIR '{output_dir}' cannot be written ({e.strerror or e}); pass a writable "
+            "folder, e.g. `OUTPUT_DIR ./output/run1`"
+        ) from e
+
+
 def check_config_runnable(cfg):
     needs = ops_needing_extension(cfg)
     if needs and not detectron2_has_compiled_ops():
@@ -41,14 +58,21 @@ def check_config_runnable(cfg):
             "add `MODEL.DEVICE cpu` to the command line (or use a CPU config such as "
             "configs/quick_schedules/cs_ft_cpu_demo.yaml)"
         )
+    if cfg.CITYSCAPES_FT.ON_BAD_SAMPLE not in ("error", "skip"):
+        raise ConfigNotRunnable(
+            f"CITYSCAPES_FT.ON_BAD_SAMPLE is '{cfg.CITYSCAPES_FT.ON_BAD_SAMPLE}'; expected 'error' "
+            "(stop at the first bad training sample) or 'skip' (leave bad samples out, logged)"
+        )
     late = [s for s in cfg.SOLVER.STEPS if s >= cfg.SOLVER.MAX_ITER]
     if late:
         raise ConfigNotRunnable(
             f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} must all be smaller than SOLVER.MAX_ITER "
             f"({cfg.SOLVER.MAX_ITER}); lower the steps or raise MAX_ITER"
         )
-    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != 8:
-        raise ConfigNotRunnable(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; the Cityscapes "
-            "instance datasets have 8 classes"
-        )
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ConfigNotRunnable(
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}, but dataset "
+                f"'{name}' has {len(classes)} classes ({', '.join(classes)})"
+            )

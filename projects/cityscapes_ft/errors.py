@@ -23,6 +23,10 @@ class CityscapesEvaluationError(CityscapesFTError, RuntimeError):
     """The evaluation cannot be run on this dataset or these predictions."""
 
 
+class TrainingDiverged(CityscapesFTError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
 EXIT_USER_ERROR = 2
 
 

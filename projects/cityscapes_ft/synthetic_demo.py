@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+from .config import load_cityscapes_ft_cfg
 from .data.synthetic import make_synthetic_cityscapes, synthetic_dataset_matches
 
 DEMO_CONFIG = "configs/quick_schedules/cs_ft_cpu_demo.yaml"
@@ -54,14 +55,8 @@ def run_synthetic_demo(args):
     return summarize(train_args, time.perf_counter() - start)
 
 
-def _output_dir(train_args):
-    from .engine.cli import _load_cfg
-
-    return _load_cfg(train_args).OUTPUT_DIR
-
-
 def summarize(train_args, seconds):
-    out = _output_dir(train_args)
+    out = load_cityscapes_ft_cfg(train_args.config_file, train_args.opts).OUTPUT_DIR
     results = sorted(glob.glob(os.path.join(out, "eval_results", "*.json")), key=os.path.getmtime)
     if not results:
         raise RuntimeError(f"The run left no evaluation results in {out}/eval_results")

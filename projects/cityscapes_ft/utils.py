@@ -17,18 +17,45 @@ def _json_safe(value):
     return value
 
 
+class atomic_open:
+    """open() for writing that never leaves half a file: the data goes to a temporary file beside
+    `path`, which replaces `path` on close (and is removed if the `with` block raises)."""
+
+    def __init__(self, path, mode="w"):
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        self._f = os.fdopen(fd, mode)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+        return False
+
+    def close(self):
+        if self._f.closed:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self):
+        self._f.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
 def atomic_write_json(path: str, data) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(data), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON so that readers never see half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_open(path, "w") as f:
+        json.dump(_json_safe(data), f, indent=2)

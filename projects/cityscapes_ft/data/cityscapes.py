@@ -8,11 +8,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from detectron2.structures import BoxMode
+from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.ops import unary_union
 from shapely.validation import make_valid
@@ -45,8 +46,12 @@ class CityscapesFile:
     image_id: str
 
 
-def list_cityscapes_files(root: str, split: str) -> List[CityscapesFile]:
-    """Pairs every leftImg8bit image of `split` with its gtFine files, sorted by name."""
+def list_cityscapes_files(root: str, split: str, problems: Optional[List[str]] = None) -> List[CityscapesFile]:
+    """Pairs every leftImg8bit image of `split` with its gtFine files, sorted by name.
+
+    An image without annotation file, or an annotation file without image, raises; with a
+    `problems` list it is recorded there and left out instead.
+    """
     image_dir = os.path.join(root, "leftImg8bit", split)
     gt_dir = os.path.join(root, "gtFine", split)
     hint = (
@@ -69,10 +74,11 @@ def list_cityscapes_files(root: str, split: str) -> List[CityscapesFile]:
             stem = name[: -len(suffix)]
             polygons = os.path.join(gt_dir, city, stem + "_gtFine_polygons.json")
             if not os.path.isfile(polygons):
-                raise CityscapesDataError(
+                _report(problems, CityscapesDataError(
                     f"Annotation file missing for image {os.path.join(city_dir, name)}: "
                     f"expected {polygons}"
-                )
+                ))
+                continue
             files.append(
                 CityscapesFile(
                     image_file=os.path.join(city_dir, name),
@@ -81,9 +87,27 @@ def list_cityscapes_files(root: str, split: str) -> List[CityscapesFile]:
                     image_id=stem,
                 )
             )
+    images = {f.polygons_file for f in files}
+    for city in sorted(os.listdir(gt_dir)):
+        city_dir = os.path.join(gt_dir, city)
+        if os.path.isdir(city_dir):
+            for name in sorted(os.listdir(city_dir)):
+                path = os.path.join(city_dir, name)
+                if name.endswith("_gtFine_polygons.json") and path not in images:
+                    stem = name[: -len("_gtFine_polygons.json")]
+                    _report(problems, CityscapesDataError(
+                        f"Image missing for annotation file {path}: expected "
+                        f"{os.path.join(image_dir, city, stem + suffix)}"
+                    ))
     if not files:
         raise CityscapesDataError(f"No *{suffix} images under {image_dir}. {hint}")
     return files
+
+
+def _report(problems: Optional[List[str]], error: CityscapesDataError):
+    if problems is None:
+        raise error
+    problems.append(str(error))
 
 
 def _as_polygon(points, json_file: str, label: str):
@@ -144,9 +168,17 @@ def parse_cityscapes_polygons(json_file: str, class_names=CITYSCAPES_THING_CLASS
             )
         if name2label[label].id < 0:
             continue  # never drawn (license plate)
-        drawn.append((label, is_group, _as_polygon(obj.get("polygon"), json_file, label)))
+        poly = _as_polygon(obj.get("polygon"), json_file, label)
+        x0, y0, x1, y1 = poly.bounds
+        # Cityscapes polygons lie on the image; allow a pixel of annotation slack.
+        if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
+            raise CityscapesDataError(
+                f"{json_file}: object '{label}' has coordinates outside the {width}x{height} "
+                f"image (bounds {x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f})"
+            )
+        drawn.append((label, is_group, poly))
 
-    bounds = np.array([p.bounds if not p.is_empty else (0, 0, -1, -1) for _, _, p in drawn])
+    bounds = np.array([p.bounds if not p.is_empty else (0, 0, -1, -1) for _, _, p in drawn]).reshape(-1, 4)
     annotations = []
     for i, (label, is_group, poly) in enumerate(drawn):
         if label not in class_index or poly.is_empty:
@@ -179,18 +211,50 @@ def parse_cityscapes_polygons(json_file: str, class_names=CITYSCAPES_THING_CLASS
     return {"height": height, "width": width, "annotations": annotations}
 
 
-def load_cityscapes_ft_instances(root: str, split: str) -> List[Dict]:
-    """All images of a Cityscapes split as detectron2 dataset dicts (instance annotations)."""
-    files = list_cityscapes_files(root, split)
+def _check_image(image_file: str, record: Dict):
+    try:
+        with Image.open(image_file) as im:
+            size = im.size
+    except (OSError, ValueError) as e:
+        raise CityscapesDataError(f"Unreadable image {image_file}: {e}") from e
+    if size != (record["width"], record["height"]):
+        raise CityscapesDataError(
+            f"Image {image_file} is {size[0]}x{size[1]} but its annotation says "
+            f"{record['width']}x{record['height']}"
+        )
+
+
+def load_cityscapes_ft_instances(root: str, split: str, on_bad_sample: str = "error") -> List[Dict]:
+    """All images of a Cityscapes split as detectron2 dataset dicts (instance annotations).
+
+    on_bad_sample: "error" stops at the first bad sample with a message naming its file; "skip"
+    leaves bad samples out and logs how many and which.
+    """
+    if on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got '{on_bad_sample}'")
+    problems = [] if on_bad_sample == "skip" else None
+    files = list_cityscapes_files(root, split, problems)
     dicts = []
     for f in files:
-        record = parse_cityscapes_polygons(f.polygons_file)
+        try:
+            record = parse_cityscapes_polygons(f.polygons_file)
+            _check_image(f.image_file, record)
+        except CityscapesDataError as e:
+            _report(problems, e)
+            continue
         record.update(
             file_name=f.image_file,
             image_id=f.image_id,
             instance_ids_file=f.instance_ids_file,
         )
         dicts.append(record)
+    if problems:
+        logger.warning(
+            "Skipped %d bad samples of the Cityscapes %s split at %s:\n  %s",
+            len(problems), split, root, "\n  ".join(problems),
+        )
+    if not dicts:
+        raise CityscapesDataError(f"No usable samples in the Cityscapes {split} split at {root}")
     logger.info(
         "Loaded %d images (%d instances) from Cityscapes %s split at %s",
         len(dicts), sum(len(d["annotations"]) for d in dicts), split, root,

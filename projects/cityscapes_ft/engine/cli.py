@@ -3,14 +3,13 @@ import logging
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checks import check_config_runnable
-from ..config import add_cityscapes_ft_config
+from ..checkpoint import build_checkpointer
+from ..checks import check_config_runnable, check_output_dir_writable
+from ..config import load_cityscapes_ft_cfg
 from ..weights import load_weights_or_explain
 from .trainer import CityscapesFTTrainer
 
@@ -24,21 +23,13 @@ def argument_parser(epilog=None):
     return default_argument_parser(epilog=epilog)
 
 
-def _load_cfg(args):
-    if not args.config_file or not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file: no such file '{args.config_file}' (try configs/cs_ft.yaml)")
-    cfg = get_cfg()
-    add_cityscapes_ft_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    return cfg
-
-
 def setup_cfg(args):
     """get_cfg -> add_cityscapes_ft_config -> merge file -> merge overrides -> check -> freeze ->
     default_setup."""
-    cfg = _load_cfg(args)
+    cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
     check_config_runnable(cfg)
+    if comm.is_main_process():
+        check_output_dir_writable(cfg.OUTPUT_DIR)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
@@ -51,7 +42,7 @@ def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer = build_checkpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
         checkpoint = load_weights_or_explain(
             lambda: checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume), cfg.MODEL.WEIGHTS
         )

@@ -4,15 +4,22 @@ import os
 import weakref
 from collections import OrderedDict
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.data.build import filter_images_with_only_crowd_annotations, print_instances_class_histogram
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import build_mapper
+from ..checkpoint import build_checkpointer
+from ..data import EVALUATOR_TYPE, build_mapper, cityscapes_root, load_cityscapes_ft_instances
+from ..errors import TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..utils import atomic_write_json
 
@@ -29,6 +36,23 @@ def wrap_for_distributed(model):
         device_ids=[comm.get_local_rank()] if on_cuda else None,
         broadcast_buffers=False,
     )
+
+
+def load_train_dicts_skipping_bad(cfg):
+    """DATASETS.TRAIN as detectron2's loader builds it, but with bad Cityscapes samples left out
+    (and logged) instead of stopping the run."""
+    dicts = []
+    for name in cfg.DATASETS.TRAIN:
+        meta = MetadataCatalog.get(name)
+        if meta.get("evaluator_type") != EVALUATOR_TYPE:
+            dicts.extend(DatasetCatalog.get(name))
+            continue
+        root = meta.get("dataset_root") or cityscapes_root()
+        dicts.extend(load_cityscapes_ft_instances(root, meta.split, on_bad_sample="skip"))
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dicts = filter_images_with_only_crowd_annotations(dicts)
+    print_instances_class_histogram(dicts, MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    return dicts
 
 
 class CityscapesFTTrainer(DefaultTrainer):
@@ -49,7 +73,7 @@ class CityscapesFTTrainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = build_checkpointer(cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -69,6 +93,23 @@ class CityscapesFTTrainer(DefaultTrainer):
             logger.warning("Checkpoint has no optimizer state (made by plain detectron2 v0.6?): "
                            "resuming with fresh momentum")
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:  # SimpleTrainer's loss check, or the box head's
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            previous = {
+                k: round(v[0], 4) for k, v in self.storage.latest().items() if k.startswith("loss")
+            }
+            raise TrainingDiverged(
+                f"Training stopped at iteration {self.iter}: the loss is NaN or infinite "
+                f"({' '.join(line.strip() for line in str(e).splitlines())}); loss terms at the "
+                f"iteration before: {previous or 'none logged yet'}. The last good checkpoint is "
+                f"{last or '(none written yet)'}; resume from it with --resume after lowering "
+                "SOLVER.BASE_LR, lengthening SOLVER.WARMUP_ITERS or enabling "
+                "SOLVER.CLIP_GRADIENTS.ENABLED"
+            ) from e
+
     def build_hooks(self):
         ret = super().build_hooks()
         # Evaluation that also records which iteration and checkpoint it measured.
@@ -86,7 +127,10 @@ class CityscapesFTTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+        mapper = build_mapper(cfg, is_train=True)
+        if cfg.CITYSCAPES_FT.ON_BAD_SAMPLE == "error":
+            return build_detection_train_loader(cfg, mapper=mapper)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=load_train_dicts_skipping_bad(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -41,3 +41,10 @@ def test_compiled_op_call_names_the_missing_extension():
 def test_plain_configs_pass_the_check():
     cfg = load_config(os.path.join(CONFIGS, "quick_schedules", "cs_ft_cpu_tiny.yaml"))
     check_config_runnable(cfg)
+
+
+def test_class_count_must_match_the_datasets():
+    cfg = load_config(os.path.join(CONFIGS, "quick_schedules", "cs_ft_cpu_tiny.yaml"),
+                      "MODEL.ROI_HEADS.NUM_CLASSES", "80")
+    with pytest.raises(ConfigNotRunnable, match="NUM_CLASSES is 80, but dataset 'cityscapes_ft_instance_train' has 8"):
+        check_config_runnable(cfg)

@@ -1,0 +1,73 @@
+"""Checkpoints, last_checkpoint and result files are written atomically; kill -9 and resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import CONFIGS, REPO, load_config
+from detectron2.modeling import build_model
+
+from cityscapes_ft.checkpoint import build_checkpointer
+from cityscapes_ft.utils import atomic_open, atomic_write_json
+
+TINY = os.path.join(CONFIGS, "quick_schedules", "cs_ft_cpu_tiny.yaml")
+
+
+def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "results.json"
+    atomic_write_json(str(path), {"AP": 1.0})
+    with pytest.raises(RuntimeError):
+        with atomic_open(str(path), "w") as f:
+            f.write('{"AP": 2')
+            raise RuntimeError("killed mid-write")
+    assert path.read_text().replace(" ", "").replace("\n", "") == '{"AP":1.0}'
+    assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left behind
+
+
+def test_failed_checkpoint_save_leaves_previous_checkpoint_and_tag(tmp_path, monkeypatch):
+    model = build_model(load_config(TINY))
+    checkpointer = build_checkpointer(load_config(TINY), model, str(tmp_path))
+    checkpointer.save("model_0000001")
+    good = (tmp_path / "model_0000001.pth").read_bytes()
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save("model_0000002")
+    monkeypatch.undo()
+    assert not (tmp_path / "model_0000002.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert (tmp_path / "model_0000001.pth").read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+
+
+def test_kill_9_during_training_then_resume_finishes(synthetic_root, tmp_path):
+    """A checkpoint every iteration, killed with SIGKILL while it trains and saves; the last
+    checkpoint named must load, and --resume must finish the run from it."""
+    out = str(tmp_path)
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="2")
+    cmd = [sys.executable, "tools/train_net.py", "--config-file", TINY]
+    opts = ["OUTPUT_DIR", out,
+            "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30,)", "SOLVER.CHECKPOINT_PERIOD", "1",
+            "TEST.EVAL_PERIOD", "0"]
+    proc = subprocess.Popen(cmd + opts, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(os.path.join(out, "model_0000004.pth")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    last = open(os.path.join(out, "last_checkpoint")).read().strip()
+    ckpt = torch.load(os.path.join(out, last), map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] >= 3 and "trainer" in ckpt
+    done = subprocess.run(cmd + ["--resume"] + opts, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Starting training from iteration {ckpt['iteration'] + 1}" in done.stderr + done.stdout
+    final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert final["iteration"] == 39
