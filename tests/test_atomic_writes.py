@@ -1,4 +1,5 @@
 """Checkpoints, last_checkpoint and result files are written atomically; kill -9 and resume."""
+import json
 import os
 import signal
 import subprocess
@@ -71,3 +72,32 @@ def test_kill_9_during_training_then_resume_finishes(synthetic_root, tmp_path):
     assert f"Starting training from iteration {ckpt['iteration'] + 1}" in done.stderr + done.stdout
     final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     assert final["iteration"] == 39
+    # metrics.json: every line a complete record, no iteration twice, up to the end
+    lines = open(os.path.join(out, "metrics.json")).read().splitlines()
+    iterations = [json.loads(line)["iteration"] for line in lines]
+    assert iterations == sorted(set(iterations)) and iterations[-1] >= 39
+
+
+def test_metrics_writer_replaces_what_a_resumed_run_repeats(tmp_path):
+    from detectron2.utils.events import EventStorage
+
+    from cityscapes_ft.engine.metrics_writer import AtomicJSONWriter, read_metrics
+
+    path = str(tmp_path / "metrics.json")
+    with EventStorage(0) as storage:
+        writer = AtomicJSONWriter(path)
+        for it in range(6):
+            storage.iter = it
+            storage.put_scalar("loss", float(it), smoothing_hint=False)
+            writer.write()
+    with open(path, "a") as f:
+        f.write('{"iteration": 6, "lo')  # a torn line, as an appending writer leaves it
+    with EventStorage(3) as storage:  # resumed from the checkpoint after iteration 2
+        writer = AtomicJSONWriter(path)
+        for it in range(3, 5):
+            storage.iter = it
+            storage.put_scalar("loss", 10.0 + it, smoothing_hint=False)
+            writer.write()
+    records = read_metrics(path)
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in records] == [0.0, 1.0, 2.0, 13.0, 14.0]

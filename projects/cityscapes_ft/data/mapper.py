@@ -9,6 +9,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.registry import Registry
 
+from ..errors import CityscapesDataError
+
 MAPPER_REGISTRY = Registry("CITYSCAPES_FT_MAPPER")
 MAPPER_REGISTRY.__doc__ = "Dataset mappers, chosen by cfg.INPUT.DATASET_MAPPER_NAME."
 
@@ -65,7 +67,10 @@ class CityscapesInstanceMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        try:
+            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise CityscapesDataError(f"Unreadable image {dataset_dict['file_name']}: {e}") from e
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

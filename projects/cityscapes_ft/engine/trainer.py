@@ -14,6 +14,8 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations, pri
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
@@ -22,6 +24,7 @@ from ..data import EVALUATOR_TYPE, build_mapper, cityscapes_root, load_cityscape
 from ..errors import TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..utils import atomic_write_json
+from .metrics_writer import AtomicJSONWriter
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,14 @@ class CityscapesFTTrainer(DefaultTrainer):
                 "SOLVER.BASE_LR, lengthening SOLVER.WARMUP_ITERS or enabling "
                 "SOLVER.CLIP_GRADIENTS.ENABLED"
             ) from e
+
+    def build_writers(self):
+        PathManager.mkdirs(self.cfg.OUTPUT_DIR)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
 
     def build_hooks(self):
         ret = super().build_hooks()

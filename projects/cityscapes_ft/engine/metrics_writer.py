@@ -1,0 +1,60 @@
+"""metrics.json written so that a kill never leaves half a record, and a resumed run continues it."""
+import json
+import os
+
+from detectron2.utils.events import JSONWriter
+
+from ..utils import atomic_open
+
+
+class _LineBuffer:
+    """What JSONWriter.write writes into (it needs write and flush; no fileno, so no fsync)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, text):
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+
+def read_metrics(path):
+    """The complete records of a metrics.json (a torn last line from an old writer is dropped)."""
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break
+    return records
+
+
+class AtomicJSONWriter(JSONWriter):
+    """detectron2's JSONWriter (one JSON record per line in metrics.json), but each write replaces
+    the file through a temporary file and a rename. Records from iterations that a resumed run
+    repeats (those after its checkpoint) are replaced, not duplicated."""
+
+    def __init__(self, json_file, window_size=20):
+        super().__init__(os.devnull, window_size)
+        super().close()
+        self._path = json_file
+        self._records = read_metrics(json_file)
+        self._file_handle = _LineBuffer()
+
+    def write(self):
+        super().write()
+        new = [json.loads(line) for line in self._file_handle.lines]
+        self._file_handle.lines.clear()
+        if not new:
+            return
+        first = min(r["iteration"] for r in new)
+        self._records = [r for r in self._records if r.get("iteration", -1) < first] + new
+        with atomic_open(self._path, "w") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self._records))
+
+    def close(self):
+        pass
