@@ -27,3 +27,16 @@ def load_config(path, *opts):
     from cityscapes_ft.config import load_cityscapes_ft_cfg
 
     return load_cityscapes_ft_cfg(path, opts)
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic_root, tmp_path_factory):
+    """A 4-iteration CPU training run through tools/train_net.py (evaluated at its end, with 2
+    prediction pictures and the run report): (output dir, finished process)."""
+    from test_train_net_cli import train_net
+
+    out = str(tmp_path_factory.mktemp("train"))
+    proc = train_net("OUTPUT_DIR", out, "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "4",
+                     "CITYSCAPES_FT.VIS_NUM_IMAGES", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                     "CITYSCAPES_FT.VIS_SCORE_THRESH", "0.0", datasets=synthetic_root)
+    return out, proc

@@ -27,14 +27,6 @@ def train_net(*args, **kw):
     return run([os.path.join("tools", "train_net.py"), "--config-file", TINY] + list(args), **kw)
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_root, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("train"))
-    proc = train_net("OUTPUT_DIR", out, "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "4",
-                     datasets=synthetic_root)
-    return out, proc
-
-
 def test_training_writes_checkpoints_with_optimizer_scheduler_and_iteration(trained):
     out, _ = trained
     assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"

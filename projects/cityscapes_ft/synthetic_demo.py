@@ -70,7 +70,8 @@ def summarize(train_args, seconds):
         f"  official Cityscapes mask AP {res['cityscapes']['AP']:.1f} (AP50 {res['cityscapes']['AP50']:.1f})\n"
         f"  COCO-style box AP {res['bbox']['AP']:.1f}, mask AP {res['segm']['AP']:.1f}\n"
         f"  metrics: {results[-1]}\n  pictures: {len(pictures)} in {os.path.join(out, 'predictions')}\n"
-        f"  training log and curves: {os.path.join(out, 'log.txt')}, {os.path.join(out, 'metrics.json')}"
+        f"  report (open in a browser): {os.path.join(out, 'report.html')}\n"
+        f"  training log and curves: {os.path.join(out, 'log.txt')}, {os.path.join(out, 'training_curves.png')}"
     )
     return final
 

@@ -3,6 +3,7 @@ import logging
 import os
 
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -51,20 +52,23 @@ def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):
         results = trainer_cls.test(
             cfg, model, iteration=None if iteration is None else iteration + 1, checkpoint=weights
         )
-        _draw_predictions(cfg, model)
+        _draw_predictions_and_report(cfg, model)
         return results
 
     trainer = trainer_cls(cfg)
     load_weights_or_explain(lambda: trainer.resume_or_load(resume=args.resume), cfg.MODEL.WEIGHTS)
     results = trainer.train()
-    _draw_predictions(cfg, trainer.model)
+    _draw_predictions_and_report(cfg, trainer.model)
     return results
 
 
-def _draw_predictions(cfg, model):
-    if cfg.CITYSCAPES_FT.VIS_NUM_IMAGES > 0 and comm.is_main_process() and cfg.DATASETS.TEST:
-        from ..visualization import draw_dataset_predictions
+def _draw_predictions_and_report(cfg, model):
+    """Main process, after training or evaluation: prediction pictures, then OUTPUT_DIR/report.html."""
+    if not comm.is_main_process():
+        return
+    from ..visualization import draw_dataset_predictions, write_run_report
 
+    if cfg.CITYSCAPES_FT.VIS_NUM_IMAGES > 0 and cfg.DATASETS.TEST:
         model = model.module if hasattr(model, "module") else model
         out_dir = os.path.join(cfg.OUTPUT_DIR, "predictions")
         with torch.no_grad():
@@ -73,3 +77,6 @@ def _draw_predictions(cfg, model):
                 cfg.CITYSCAPES_FT.VIS_SCORE_THRESH,
             )
         logger.info(f"Drew predictions on {len(files)} images of {cfg.DATASETS.TEST[0]} into {out_dir}")
+    names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
+    class_names = MetadataCatalog.get(names[0]).thing_classes if names else []
+    logger.info(f"Run report: {write_run_report(cfg.OUTPUT_DIR, class_names)}")

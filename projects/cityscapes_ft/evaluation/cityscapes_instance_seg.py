@@ -19,10 +19,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..errors import CityscapesEvaluationError
+from ..utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+PREDICTIONS_FILE = "instances_predictions.json"
 
 
 @contextlib.contextmanager
@@ -99,6 +101,8 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                 f"(first: {missing[0]}); evaluate the whole dataset"
             )
         os.makedirs(self._output_dir, exist_ok=True)
+        # Kept for tools/visualize_json_results.py: boxes, scores, classes and RLE masks per image.
+        atomic_write_json(os.path.join(self._output_dir, PREDICTIONS_FILE), predictions)
         results = OrderedDict()
         if "cityscapes" in self._tasks:
             results["cityscapes"] = self._eval_official(dataset, by_file)

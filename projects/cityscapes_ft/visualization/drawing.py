@@ -33,10 +33,20 @@ class InstancePredictor:
 
 
 def draw_instances(image_rgb: np.ndarray, instances, metadata, score_thresh: float) -> np.ndarray:
+    """Masks, boxes, class names and scores in each class's own colour (thing_colors, unjittered,
+    so a Cityscapes car is Cityscapes car blue)."""
     instances = instances.to("cpu")
     instances = instances[instances.scores >= score_thresh]
+    classes = instances.pred_classes.tolist()
+    names = metadata.get("thing_classes", [str(c) for c in range(max(classes, default=0) + 1)])
+    labels = [f"{names[c]} {s * 100:.0f}%" for c, s in zip(classes, instances.scores.tolist())]
+    colors = [np.array(metadata.thing_colors[c]) / 255.0 for c in classes] if metadata.get("thing_colors") else None
+    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
     vis = Visualizer(image_rgb, metadata, instance_mode=ColorMode.SEGMENTATION)
-    return vis.draw_instance_predictions(instances).get_image()
+    return vis.overlay_instances(
+        boxes=instances.pred_boxes if instances.has("pred_boxes") else None,
+        masks=masks, labels=labels, assigned_colors=colors, alpha=0.5,
+    ).get_image()
 
 
 def draw_ground_truth(image_rgb: np.ndarray, dataset_dict, metadata) -> np.ndarray:

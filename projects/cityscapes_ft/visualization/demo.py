@@ -1,0 +1,124 @@
+"""The demo: a trained model's predictions drawn on images, videos or a webcam stream."""
+import glob
+import logging
+import os
+from typing import Iterator, List
+
+import cv2
+import numpy as np
+import tqdm
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.modeling import build_model
+
+from ..checkpoint import build_checkpointer
+from ..errors import CityscapesFTError
+from .drawing import InstancePredictor, draw_instances
+
+logger = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DemoInputError(CityscapesFTError, ValueError):
+    pass
+
+
+def expand_inputs(patterns: List[str]) -> List[str]:
+    """Files, globs and folders (their images, recursively) -> sorted list of files."""
+    files = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+                     if p.lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            found = glob.glob(os.path.expanduser(pattern)) or ([pattern] if os.path.exists(pattern) else [])
+        if not found:
+            raise DemoInputError(f"--input '{pattern}' matches no file")
+        files.extend(sorted(found))
+    return files
+
+
+class VisualizationDemo:
+    """Builds the model of `cfg`, loads cfg.MODEL.WEIGHTS, and draws its predictions with
+    detectron2's Visualizer in the Cityscapes colours of the training dataset's metadata."""
+
+    def __init__(self, cfg, confidence_threshold: float = 0.5):
+        self.cfg = cfg
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0])
+        model = build_model(cfg)
+        build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
+        model.eval()
+        self.predictor = InstancePredictor(cfg, model)
+        self.confidence_threshold = confidence_threshold
+
+    def run_on_image(self, image: np.ndarray):
+        """image in cfg.INPUT.FORMAT -> (predictions, RGB picture)."""
+        predictions = self.predictor(image)
+        rgb = utils.convert_image_to_rgb(image, self.cfg.INPUT.FORMAT)
+        return predictions, draw_instances(rgb, predictions["instances"], self.metadata,
+                                           self.confidence_threshold)
+
+    def run_on_files(self, files: List[str], output: str) -> List[str]:
+        """Draws each file into `output` (a folder; or a file when there is one input).
+        Unreadable images are named in a warning and skipped."""
+        single_file_out = len(files) == 1 and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS
+        written = []
+        for path in tqdm.tqdm(files, desc="demo", unit="image"):
+            try:
+                image = utils.read_image(path, format=self.cfg.INPUT.FORMAT)
+            except (OSError, ValueError, SyntaxError) as e:
+                logger.warning(f"Skipped unreadable image {path}: {e}")
+                continue
+            predictions, picture = self.run_on_image(image)
+            out = output if single_file_out else os.path.join(output, os.path.basename(path))
+            out = os.path.splitext(out)[0] + ".png" if not single_file_out else out
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            cv2.imwrite(out, picture[:, :, ::-1])
+            logger.info(f"{path}: {len(predictions['instances'])} instances -> {out}")
+            written.append(out)
+        return written
+
+    def _frames(self, capture) -> Iterator[np.ndarray]:
+        while True:
+            ok, frame = capture.read()  # BGR
+            if not ok:
+                return
+            yield frame if self.cfg.INPUT.FORMAT == "BGR" else frame[:, :, ::-1]
+
+    def run_on_video(self, video: str, output: str) -> str:
+        """Writes `output` (a file, or a folder to hold <name>.mp4) with the predictions drawn on
+        every frame; returns its path."""
+        capture = cv2.VideoCapture(video)
+        if not capture.isOpened():
+            raise DemoInputError(f"--video-input '{video}' cannot be read as a video")
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        fps = capture.get(cv2.CAP_PROP_FPS) or 15.0
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if os.path.isdir(output) or not os.path.splitext(output)[1]:
+            os.makedirs(output, exist_ok=True)
+            output = os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True)
+        try:
+            for frame in tqdm.tqdm(self._frames(capture), total=frames, desc="video", unit="frame"):
+                _, picture = self.run_on_image(frame)
+                writer.write(np.ascontiguousarray(picture[:, :, ::-1]))
+        finally:
+            writer.release()
+            capture.release()
+        return output
+
+    def run_on_webcam(self, camera: int = 0):
+        capture = cv2.VideoCapture(camera)
+        if not capture.isOpened():
+            raise DemoInputError(f"--webcam: no camera {camera} can be opened on this machine")
+        try:
+            for frame in self._frames(capture):
+                _, picture = self.run_on_image(frame)
+                cv2.imshow("cityscapes-ft", picture[:, :, ::-1])
+                if cv2.waitKey(1) == 27:  # Esc
+                    break
+        finally:
+            capture.release()
+            cv2.destroyAllWindows()

@@ -1,0 +1,76 @@
+"""One self-contained HTML page per run: config summary, metrics tables, curves, pictures."""
+import base64
+import glob
+import html
+import json
+import os
+
+from ..utils import atomic_open
+from .curves import plot_training_curves
+
+REPORT_FILE = "report.html"
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
+margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#eee}td:first-child{text-align:left}img{max-width:100%;margin:0.3em 0}
+pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:25em}"""
+_TITLES = {"cityscapes": "Official Cityscapes metric (mask)", "bbox": "COCO-style box AP",
+           "segm": "COCO-style mask AP"}
+
+
+def _img(path, alt):
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _tables(results, class_names):
+    out = []
+    for task, res in results.items():
+        overall = [(k, v) for k, v in res.items() if "-" not in k]
+        out.append(f"<h3>{html.escape(_TITLES.get(task, task))}</h3><table class='metrics' data-task='{task}'>")
+        out.append("<tr>" + "".join(f"<th>{html.escape(k)}</th>" for k, _ in overall) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for _, v in overall) + "</tr></table>")
+        metrics = [m for m in ("AP", "AP50") if any(f"{m}-{c}" in res for c in class_names)]
+        out.append(f"<table class='per-class' data-task='{task}'><tr><th>class</th>"
+                   + "".join(f"<th>{m}</th>" for m in metrics) + "</tr>")
+        for c in class_names:
+            out.append(f"<tr><td>{html.escape(c)}</td>"
+                       + "".join(f"<td>{_fmt(res.get(f'{m}-{c}'))}</td>" for m in metrics) + "</tr>")
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def _fmt(v):
+    return "nan" if v is None or v != v else f"{v:.2f}"
+
+
+def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str:
+    """Builds OUTPUT_DIR/report.html from what the run left there; returns its path."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cityscapes-ft run report</title>"
+             f"<style>{_CSS}</style></head><body><h1>cityscapes-ft run: {html.escape(os.path.abspath(output_dir))}</h1>"]
+    results_files = sorted(glob.glob(os.path.join(output_dir, "eval_results", "*.json")), key=os.path.getmtime)
+    if results_files:
+        with open(results_files[-1]) as f:
+            final = json.load(f)
+        parts.append(f"<h2>Evaluation</h2><p>Dataset <b>{html.escape(str(final['dataset']))}</b>, "
+                     f"iteration {final['iteration']}, weights {html.escape(str(final['checkpoint']))}</p>")
+        parts.append(_tables(final["results"], class_names))
+    else:
+        parts.append("<h2>Evaluation</h2><p>No evaluation results yet.</p>")
+    metrics = os.path.join(output_dir, "metrics.json")
+    if os.path.isfile(metrics) and os.path.getsize(metrics):
+        curves = plot_training_curves(metrics, os.path.join(output_dir, "training_curves.png"))
+        parts.append("<h2>Training curves</h2>" + _img(curves, "training curves"))
+    pictures = sorted(glob.glob(os.path.join(output_dir, "predictions", "*.png")))[:max_pictures]
+    if pictures:
+        parts.append("<h2>Predictions (top) and ground truth (bottom)</h2>")
+        parts.extend(_img(p, os.path.basename(p)) for p in pictures)
+    config = os.path.join(output_dir, "config.yaml")
+    if os.path.isfile(config):
+        with open(config) as f:
+            parts.append(f"<h2>Config</h2><pre>{html.escape(f.read())}</pre>")
+    parts.append("</body></html>")
+    path = os.path.join(output_dir, REPORT_FILE)
+    with atomic_open(path, "w") as f:
+        f.write("\n".join(parts))
+    return path

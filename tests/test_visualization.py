@@ -1,0 +1,170 @@
+"""Demo, data viewer, saved-prediction viewer, curves and the run report."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, REPO
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+from cityscapes_ft.visualization import draw_instances
+
+TINY = os.path.join(CONFIGS, "quick_schedules", "cs_ft_cpu_tiny.yaml")
+
+
+def tool(name, *args, datasets, expect_ok=True):
+    env = dict(os.environ, DETECTRON2_DATASETS=datasets)
+    proc = subprocess.run([sys.executable, os.path.join("tools", name)] + list(args), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{name} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def val_images(root):
+    return sorted(glob.glob(os.path.join(root, "cityscapes", "leftImg8bit", "val", "*", "*.png")))
+
+
+def test_instances_are_drawn_in_their_cityscapes_colour():
+    meta = MetadataCatalog.get("cityscapes_ft_instance_val")
+    image = np.full((64, 128, 3), 128, dtype=np.uint8)
+    inst = Instances((64, 128))
+    mask = np.zeros((1, 64, 128), dtype=bool)
+    mask[0, 20:60, 60:120] = True
+    inst.pred_masks = torch.from_numpy(mask)
+    inst.pred_boxes = Boxes(torch.tensor([[60.0, 20.0, 120.0, 60.0]]))
+    inst.scores = torch.tensor([0.9])
+    inst.pred_classes = torch.tensor([2])  # car
+    out = draw_instances(image, inst, meta, 0.5)
+    inside = out[45:55, 95:110].reshape(-1, 3).mean(0)  # inside the mask, away from text and edges
+    expected = 0.5 * 128 + 0.5 * np.array(meta.thing_colors[2])
+    np.testing.assert_allclose(inside, expected, atol=12)
+    assert (out[:10, :50] == 128).all()  # far from the detection, the picture is untouched
+    low = draw_instances(image, inst, meta, 0.95)  # below the threshold: nothing drawn
+    assert (low == image).all()
+
+
+def test_demo_draws_images_and_skips_unreadable_ones(trained, synthetic_root, tmp_path):
+    out, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for p in val_images(synthetic_root)[:3]:
+        shutil.copy(p, inputs)
+    (inputs / "broken.png").write_bytes(b"not a png")
+    proc = tool("demo.py", "--config-file", TINY, "--input", str(inputs), "--output", str(tmp_path / "out"),
+                "--confidence-threshold", "0.0", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", datasets=synthetic_root)
+    assert "broken.png" in proc.stderr + proc.stdout and "Skipped unreadable image" in proc.stderr + proc.stdout
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert written == sorted(os.path.basename(p) for p in val_images(synthetic_root)[:3])
+    changed = 0
+    for name in written:
+        drawn = np.asarray(Image.open(tmp_path / "out" / name).convert("RGB")).astype(int)
+        original = np.asarray(Image.open(inputs / name).convert("RGB")).astype(int)
+        assert drawn.shape == original.shape
+        changed += (np.abs(drawn - original).sum(-1) > 30).mean()
+    assert changed > 0.01  # detections were drawn
+
+
+def test_demo_video_gives_a_video_with_the_same_frame_count(trained, synthetic_root, tmp_path):
+    out, _ = trained
+    video = str(tmp_path / "drive.mp4")
+    frames = [cv2.imread(p) for p in val_images(synthetic_root)[:5]]
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    tool("demo.py", "--config-file", TINY, "--video-input", video, "--output", str(tmp_path / "vis"),
+         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), datasets=synthetic_root)
+    result = cv2.VideoCapture(str(tmp_path / "vis" / "drive.mp4"))
+    count = 0
+    while result.read()[0]:
+        count += 1
+    assert count == 5
+    assert int(result.get(cv2.CAP_PROP_FRAME_WIDTH)) == w
+
+
+def test_demo_bad_input_is_one_clear_message(synthetic_root, tmp_path):
+    proc = tool("demo.py", "--config-file", TINY, "--input", str(tmp_path / "*.png"), "--output", str(tmp_path),
+                datasets=synthetic_root, expect_ok=False)
+    assert proc.returncode == 2 and "matches no file" in proc.stderr and "Traceback" not in proc.stderr
+    proc = tool("demo.py", "--config-file", str(tmp_path / "nope.yaml"), "--input", "x", "--output", str(tmp_path),
+                datasets=synthetic_root, expect_ok=False)
+    assert proc.returncode == 2 and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("source", ["annotation", "dataloader"])
+def test_visualize_data_draws_the_split(synthetic_root, tmp_path, source):
+    tool("visualize_data.py", "--config-file", TINY, "--source", source, "--output-dir", str(tmp_path),
+         "--num-images", "3", datasets=synthetic_root)
+    pictures = sorted(glob.glob(str(tmp_path / f"{source}_*.png")))
+    assert len(pictures) == 3
+    size = Image.open(pictures[0]).size
+    if source == "annotation":
+        assert size == (256, 128)
+    else:
+        assert min(size) in (96, 128)  # INPUT.MIN_SIZE_TRAIN of the tiny config
+
+
+def test_visualize_json_results_draws_saved_predictions_beside_ground_truth(trained, synthetic_root, tmp_path):
+    out, _ = trained
+    saved = os.path.join(out, "inference", "cityscapes_ft_instance_val", "instances_predictions.json")
+    tool("visualize_json_results.py", "--input", saved, "--output", str(tmp_path), "--conf-threshold", "0.0",
+         datasets=synthetic_root)
+    pictures = sorted(glob.glob(str(tmp_path / "*_pred_gt.png")))
+    assert len(pictures) == len(val_images(synthetic_root))
+    assert Image.open(pictures[0]).size == (512, 128)  # prediction | ground truth
+
+
+def test_training_leaves_curves_report_and_tensorboard_events(trained):
+    out, _ = trained
+    assert glob.glob(os.path.join(out, "events.out.tfevents.*"))
+    curves = Image.open(os.path.join(out, "training_curves.png"))
+    assert curves.size[0] > 800
+    assert len(glob.glob(os.path.join(out, "predictions", "*_pred_vs_gt.png"))) == 2
+    html = open(os.path.join(out, "report.html")).read()
+    assert "Official Cityscapes metric" in html and "COCO-style mask AP" in html
+    assert html.count("data:image/png;base64,") == 3  # curves + 2 pictures, all embedded
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        return shutil.which("chromium")
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    path = _chromium()
+    if not path:
+        pytest.skip("Debian's chromium is not installed and could not be installed here (needs root and apt)")
+    return path
+
+
+def test_report_renders_in_headless_chromium(trained, chromium, tmp_path):
+    out, _ = trained
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = "file://" + os.path.join(out, "report.html")
+    dom = subprocess.run([chromium] + flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<table class=\"per-class\"") == 3
+    assert "<td>rider</td>" in dom and "Training curves" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium] + flags + ["--window-size=1200,2400", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert (pixels < 200).mean() > 0.05  # tables, curves and pictures were painted, not a blank page

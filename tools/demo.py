@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Draw a trained model's predictions on images, a video or a webcam stream.
+
+    python tools/demo.py --config-file configs/cs_ft.yaml --input img1.png 'dir/*.png' a_folder \
+        --output out/ --confidence-threshold 0.5 MODEL.WEIGHTS output/cs_ft/model_final.pth
+    python tools/demo.py --config-file ... --video-input drive.mp4 --output out/drive.mp4 MODEL.WEIGHTS ...
+    python tools/demo.py --config-file ... --webcam MODEL.WEIGHTS ...
+"""
+import argparse
+import logging
+
+from detectron2.utils.logger import setup_logger
+
+from cityscapes_ft.config import load_cityscapes_ft_cfg
+from cityscapes_ft.errors import user_errors_as_messages
+from cityscapes_ft.visualization import DemoInputError, VisualizationDemo, expand_inputs
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, globs or folders")
+    source.add_argument("--video-input", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="camera 0, shown in a window")
+    parser.add_argument("--output", help="folder (or file for one image / the video)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser
+
+
+def main(args):
+    setup_logger(name="cityscapes_ft")
+    setup_logger(name="fvcore")
+    cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    if (args.input or args.video_input) and not args.output:
+        raise DemoInputError("--output is required with --input and --video-input (no display is assumed)")
+    files = expand_inputs(args.input) if args.input else None
+    demo = VisualizationDemo(cfg, args.confidence_threshold)
+    if files:
+        written = demo.run_on_files(files, args.output)
+        logging.getLogger("cityscapes_ft").info(f"Wrote {len(written)} of {len(files)} pictures to {args.output}")
+    elif args.video_input:
+        logging.getLogger("cityscapes_ft").info(f"Wrote {demo.run_on_video(args.video_input, args.output)}")
+    else:
+        demo.run_on_webcam()
+
+
+if __name__ == "__main__":
+    with user_errors_as_messages():
+        main(get_parser().parse_args())
