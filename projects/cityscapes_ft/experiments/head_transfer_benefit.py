@@ -154,7 +154,8 @@ def argument_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", default="configs/quick_schedules/cs_ft_cpu_demo.yaml")
     p.add_argument("--output", default="output/head_transfer_benefit")
-    p.add_argument("--data-root", default="datasets/synthetic")
+    p.add_argument("--data-root", default="output/head_transfer_benefit/data",
+                   help="DETECTRON2_DATASETS for the fine-tuning data (kept apart from the demo's)")
     p.add_argument("--pretrain-images", type=int, default=96)
     p.add_argument("--pretrain-iters", type=int, default=500)
     p.add_argument("--finetune-images", type=int, default=96)
