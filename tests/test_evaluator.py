@@ -64,8 +64,8 @@ def test_ground_truth_as_predictions_scores_100(cityscapes_env, tmp_path):
     for name in ("person", "car"):
         assert f"AP-{name}" in res["segm"] and f"AP-{name}" in res["cityscapes"]
     # files stay in the output directory (cityscapesscripts' matches.json and gt cache included)
-    assert os.path.isfile(tmp_path / "cityscapes_official" / "matches.json")
-    assert os.path.isfile(tmp_path / "cityscapes_official" / "gtInstances.json")
+    assert os.path.isfile(tmp_path / "cityscapes_official" / "resultInstanceLevelSemanticLabeling.json")
+    assert os.path.isfile(tmp_path / "instances_predictions.json")
     assert not os.path.exists("matches.json")
 
 

@@ -9,33 +9,21 @@ from collections import OrderedDict
 
 import numpy as np
 import pycocotools.mask as mask_util
-from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
-from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..errors import CityscapesEvaluationError
 from ..utils import atomic_write_json
+from .official_parallel import evaluate_official
 
 logger = logging.getLogger(__name__)
 
 COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 PREDICTIONS_FILE = "instances_predictions.json"
-
-
-@contextlib.contextmanager
-def _working_directory(path):
-    # cityscapesscripts writes matches.json into the current directory: keep it in our output.
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 class CityscapesInstanceSegEvaluator(DatasetEvaluator):
@@ -47,7 +35,8 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
     and machines; every file it writes stays under `output_dir`.
     """
 
-    def __init__(self, dataset_name, output_dir, tasks=("cityscapes", "bbox", "segm"), distributed=True):
+    def __init__(self, dataset_name, output_dir, tasks=("cityscapes", "bbox", "segm"), distributed=True,
+                 workers=None):
         unknown = set(tasks) - {"cityscapes", "bbox", "segm"}
         if unknown:
             raise ValueError(f"CITYSCAPES_FT.EVAL_TASKS: unknown {sorted(unknown)}; "
@@ -56,6 +45,7 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._tasks = tuple(tasks)
         self._distributed = distributed
+        self._workers = workers  # processes for the official matching; None: one per core
         self._metadata = MetadataCatalog.get(dataset_name)
         self._class_names = list(self._metadata.thing_classes)
         contiguous_to_label_id = {v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()}
@@ -117,7 +107,7 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         pred_dir = os.path.join(eval_dir, "pred")
         shutil.rmtree(eval_dir, ignore_errors=True)
         os.makedirs(pred_dir)
-        gt_files, pred_files = [], []
+        jobs = []
         for d in dataset:
             gt = d.get("instance_ids_file")
             if not gt or not os.path.isfile(gt):
@@ -127,43 +117,18 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                     "with cityscapesscripts' json2instanceImg)"
                 )
             stem = os.path.basename(d["file_name"])[: -len("_leftImg8bit.png")]
-            gt_files.append(os.path.abspath(gt))
-            pred_files.append(self._write_cityscapes_prediction(pred_dir, stem, by_file[d["file_name"]]))
-
-        args = cs_eval.args
-        args.predictionPath = pred_dir
-        args.predictionWalk = None
-        # A private ground-truth cache: the default lives inside the installed package and would be
-        # reused for any other dataset.
-        args.gtInstancesFile = os.path.join(eval_dir, "gtInstances.json")
-        args.exportFile = os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json")
-        args.JSONOutput = True
-        args.quiet = True
-        args.colorized = False
-        log = io.StringIO()
+            jobs.append((stem, os.path.abspath(gt), by_file[d["file_name"]], self._label_ids))
+        export = os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json")
         try:
-            with _working_directory(eval_dir), contextlib.redirect_stdout(log):
-                res = cs_eval.evaluateImgLists(pred_files, gt_files, args)["averages"]
+            res = evaluate_official(jobs, pred_dir, export, self._workers)
         except SystemExit as e:  # cityscapesscripts' printError exits
-            raise CityscapesEvaluationError(
-                f"cityscapesscripts' evaluation failed: {log.getvalue().strip()[-500:]}"
-            ) from e
+            raise CityscapesEvaluationError(f"cityscapesscripts' evaluation failed: {e}") from e
         out = OrderedDict(AP=100 * res["allAp"], AP50=100 * res["allAp50%"])
         for name in self._class_names:
             out[f"AP-{name}"] = 100 * res["classes"][name]["ap"]
         for name in self._class_names:
             out[f"AP50-{name}"] = 100 * res["classes"][name]["ap50%"]
         return out
-
-    def _write_cityscapes_prediction(self, pred_dir, stem, pred):
-        txt = os.path.join(pred_dir, stem + "_pred.txt")
-        with open(txt, "w") as f:
-            for i, (cls, score, rle) in enumerate(zip(pred["classes"], pred["scores"], pred["masks"])):
-                png = f"{stem}_{i}.png"
-                mask = mask_util.decode(rle).astype(bool)
-                Image.fromarray(mask).save(os.path.join(pred_dir, png))
-                f.write(f"{png} {self._label_ids[cls]} {score}\n")
-        return txt
 
     # ---- COCO-style AP --------------------------------------------------------------------------
     def _coco_ground_truth(self, dataset):
