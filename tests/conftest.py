@@ -6,6 +6,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_dataset_cache(tmp_path_factory):
+    """The parsed-dataset cache of this test session (and its subprocesses) lives in a temp dir."""
+    os.environ["CITYSCAPES_FT_CACHE_DIR"] = str(tmp_path_factory.mktemp("dataset_cache"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small synthetic Cityscapes tree; returns the folder to use as DETECTRON2_DATASETS."""

@@ -144,3 +144,34 @@ def test_image_without_annotation_is_named(tmp_path):
     os.remove(victim)
     with pytest.raises(CityscapesDataError, match=os.path.basename(victim)):
         load_cityscapes_ft_instances(str(tmp_path), "val")
+
+
+def test_parsed_split_is_cached_and_invalidated_by_edits(tmp_path, monkeypatch):
+    from cityscapes_ft.data import cityscapes as loader
+
+    monkeypatch.setenv("CITYSCAPES_FT_CACHE_DIR", str(tmp_path / "cache"))
+    make_synthetic_cityscapes(str(tmp_path / "cs"), 3, 0, 128, 64, seed=2, log=lambda *_: None)
+    first = load_cityscapes_ft_instances(str(tmp_path / "cs"), "train")
+    assert len(os.listdir(tmp_path / "cache")) == 1
+
+    def no_parsing(*a, **k):
+        raise AssertionError("parsed again although nothing changed")
+
+    monkeypatch.setattr(loader, "parse_cityscapes_polygons", no_parsing)
+    again = load_cityscapes_ft_instances(str(tmp_path / "cs"), "train")
+    assert again == first
+    monkeypatch.undo()
+    monkeypatch.setenv("CITYSCAPES_FT_CACHE_DIR", str(tmp_path / "cache"))
+    # an edited annotation file invalidates the cache
+    path = sorted(glob.glob(str(tmp_path / "cs" / "gtFine" / "train" / "*" / "*_polygons.json")))[0]
+    data = json.load(open(path))
+    data["objects"] = [o for o in data["objects"] if o["label"] not in CLASSES]
+    json.dump(data, open(path, "w"))
+    edited = load_cityscapes_ft_instances(str(tmp_path / "cs"), "train")
+    changed = next(d for d in edited if d["image_id"] in path)
+    assert changed["annotations"] == []
+    # and an empty CITYSCAPES_FT_CACHE_DIR turns the cache off
+    monkeypatch.setenv("CITYSCAPES_FT_CACHE_DIR", "")
+    monkeypatch.setattr(loader, "parse_cityscapes_polygons", no_parsing)
+    with pytest.raises(AssertionError, match="parsed again"):
+        load_cityscapes_ft_instances(str(tmp_path / "cs"), "train")

@@ -165,3 +165,17 @@ def test_parallel_and_single_process_agree(dataset, tmp_path):
     one, _ = run_ours(dataset, outputs, tmp_path / "one", workers=1)
     two, _ = run_ours(dataset, outputs, tmp_path / "two", workers=2)
     assert json.dumps(one["cityscapes"]) == json.dumps(two["cityscapes"])  # NaN-safe, exact
+
+
+def test_benchmark_compares_with_detectron2_on_the_same_predictions(tmp_path):
+    from cityscapes_ft.benchmarks.evaluation_speed import argument_parser, run
+
+    result = run(argument_parser().parse_args(
+        ["--num-images", "4", "--width", "256", "--height", "128", "--detail", "3",
+         "--instances-per-image", "8", "--output", str(tmp_path)]))
+    saved = json.load(open(tmp_path / "benchmark_evaluation.json"))
+    assert saved["evaluation"]["same_numbers"] is True
+    assert saved["evaluation"]["ours_AP"] == saved["evaluation"]["detectron2_AP"]
+    assert saved["reload"]["reload_speedup"] == pytest.approx(
+        saved["reload"]["detectron2_s"] / saved["reload"]["ours_reload_s"])
+    assert result["images"] == 4

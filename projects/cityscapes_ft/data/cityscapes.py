@@ -4,9 +4,12 @@ Each object's mask is what cityscapesscripts' json2instanceImg draws for it: its
 object drawn after it (a later polygon covers earlier ones), so the annotations agree with the
 official ground truth (instanceIds.png) used by the official evaluation.
 """
+import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -19,6 +22,7 @@ from shapely.ops import unary_union
 from shapely.validation import make_valid
 
 from ..errors import CityscapesDataError
+from ..utils import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +228,17 @@ def _check_image(image_file: str, record: Dict):
         )
 
 
+def _parse_one(f: CityscapesFile):
+    """(record, None) or (None, message): picklable, for worker processes."""
+    try:
+        record = parse_cityscapes_polygons(f.polygons_file)
+        _check_image(f.image_file, record)
+    except CityscapesDataError as e:
+        return None, str(e)
+    record.update(file_name=f.image_file, image_id=f.image_id, instance_ids_file=f.instance_ids_file)
+    return record, None
+
+
 def load_cityscapes_ft_instances(root: str, split: str, on_bad_sample: str = "error") -> List[Dict]:
     """All images of a Cityscapes split as detectron2 dataset dicts (instance annotations).
 
@@ -234,29 +249,97 @@ def load_cityscapes_ft_instances(root: str, split: str, on_bad_sample: str = "er
         raise ValueError(f"on_bad_sample must be 'error' or 'skip', got '{on_bad_sample}'")
     problems = [] if on_bad_sample == "skip" else None
     files = list_cityscapes_files(root, split, problems)
+    cache = _cache_path(root, split, on_bad_sample)
+    fingerprint = _fingerprint(files)
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        dicts, cached_problems = cached
+        if problems is not None:
+            problems.extend(p for p in cached_problems if p not in problems)
+        _log_loaded(dicts, split, root, problems, "from the cache " + cache)
+        return dicts
+    if len(files) >= 64 and (os.cpu_count() or 1) > 1:
+        with mp.get_context("fork").Pool(os.cpu_count()) as pool:
+            parsed = pool.map(_parse_one, files, chunksize=16)
+    else:
+        parsed = [_parse_one(f) for f in files]
     dicts = []
+    for record, error in parsed:
+        if error is not None:
+            _report(problems, CityscapesDataError(error))
+        else:
+            dicts.append(record)
+    if not dicts:
+        _log_loaded(dicts, split, root, problems, "")
+        raise CityscapesDataError(f"No usable samples in the Cityscapes {split} split at {root}")
+    _write_cache(cache, fingerprint, dicts, problems or [])
+    _log_loaded(dicts, split, root, problems, "")
+    return dicts
+
+
+# ---- the parsed-dataset cache --------------------------------------------------------------------
+# Parsing every gtFine JSON (with shapely occlusion handling) takes minutes on real Cityscapes, and
+# detectron2 re-parses at every DatasetCatalog.get. The parsed dicts are kept in a pickle keyed by
+# the split's path and validated by the name, size and mtime of every image and annotation file, so
+# an edited, added or removed file invalidates it. CITYSCAPES_FT_CACHE_DIR sets the folder
+# (default ~/.cache/cityscapes_ft); an empty value turns the cache off.
+_CACHE_VERSION = 1
+
+
+def _cache_path(root, split, on_bad_sample):
+    folder = os.environ.get("CITYSCAPES_FT_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "cityscapes_ft"))
+    if not folder:
+        return None
+    key = hashlib.sha1(f"{_CACHE_VERSION}|{os.path.abspath(root)}|{split}|{on_bad_sample}".encode()).hexdigest()
+    return os.path.join(folder, f"{split}-{key[:16]}.pkl")
+
+
+def _fingerprint(files) -> str:
+    h = hashlib.sha1()
     for f in files:
-        try:
-            record = parse_cityscapes_polygons(f.polygons_file)
-            _check_image(f.image_file, record)
-        except CityscapesDataError as e:
-            _report(problems, e)
-            continue
-        record.update(
-            file_name=f.image_file,
-            image_id=f.image_id,
-            instance_ids_file=f.instance_ids_file,
-        )
-        dicts.append(record)
+        for path in (f.image_file, f.polygons_file, f.instance_ids_file):
+            try:
+                st = os.stat(path)
+                h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}|missing\n".encode())
+    return h.hexdigest()
+
+
+def _read_cache(path, fingerprint):
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    except Exception:  # a cache from another version, or damaged: rebuild it
+        return None
+    if data.get("fingerprint") != fingerprint:
+        return None
+    return data["dicts"], data["problems"]
+
+
+def _write_cache(path, fingerprint, dicts, problems):
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            pickle.dump({"fingerprint": fingerprint, "dicts": dicts, "problems": problems}, f,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as e:
+        logger.warning(f"Could not write the dataset cache {path}: {e}")
+
+
+def _log_loaded(dicts, split, root, problems, source):
     if problems:
         logger.warning(
             "Skipped %d bad samples of the Cityscapes %s split at %s:\n  %s",
             len(problems), split, root, "\n  ".join(problems),
         )
-    if not dicts:
-        raise CityscapesDataError(f"No usable samples in the Cityscapes {split} split at {root}")
-    logger.info(
-        "Loaded %d images (%d instances) from Cityscapes %s split at %s",
-        len(dicts), sum(len(d["annotations"]) for d in dicts), split, root,
-    )
-    return dicts
+    if dicts:
+        logger.info(
+            "Loaded %d images (%d instances) from Cityscapes %s split at %s%s",
+            len(dicts), sum(len(d["annotations"]) for d in dicts), split, root,
+            f" ({source})" if source else "",
+        )

@@ -112,17 +112,36 @@ def _clip(points, width: int, height: int) -> List[List[float]]:
     return [[round(x, 1), round(y, 1)] for x, y in list(cut.exterior.coords)[:-1]]
 
 
+def _densify(polygon, detail: int, rng) -> List[List[float]]:
+    """Adds `detail` slightly jittered points along each edge, for outlines as detailed as real
+    gtFine ones (hundreds of vertices), which is what makes parsing annotations slow."""
+    if detail <= 0:
+        return polygon
+    pts = np.asarray(polygon, dtype=np.float64)
+    out = []
+    for a, b in zip(pts, np.roll(pts, -1, axis=0)):
+        out.append(a)
+        for t in np.arange(1, detail + 1) / (detail + 1):
+            out.append(a + (b - a) * t + rng.uniform(-0.4, 0.4, 2))
+    out = np.round(np.asarray(out), 1)
+    return out.tolist()
+
+
 def _jitter(rng, color, amount=25):
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int):
+def make_scene(rng: np.random.Generator, width: int, height: int, detail: int = 0):
     """One scene: (objects in drawing order, [(label, polygon, color)])."""
     horizon = height * rng.uniform(0.38, 0.48)
     objects = []
 
     def add(label, points, color=None):
         polygon = _clip(points, width, height)
+        if len(polygon) >= 3 and detail:
+            dense = _densify(polygon, detail, rng)
+            polygon = dense if Polygon(dense).is_valid else polygon
+            polygon = [[min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)] for x, y in polygon]
         if len(polygon) >= 3:
             objects.append((label, polygon, color or _jitter(rng, _LABEL_COLORS[label])))
 
@@ -181,7 +200,8 @@ def render_scene(rng, objects, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def write_split(root: str, split: str, num_images: int, width: int, height: int, seed: int, log=print):
+def write_split(root: str, split: str, num_images: int, width: int, height: int, seed: int, log=print,
+                detail: int = 0):
     cities = SPLIT_CITIES[split]
     rng = np.random.default_rng([seed, sorted(SPLIT_CITIES).index(split)])
     start = time.perf_counter()
@@ -192,7 +212,7 @@ def write_split(root: str, split: str, num_images: int, width: int, height: int,
         gt_dir = os.path.join(root, "gtFine", split, city)
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(gt_dir, exist_ok=True)
-        objects = make_scene(rng, width, height)
+        objects = make_scene(rng, width, height, detail)
         render_scene(rng, objects, width, height).save(os.path.join(img_dir, stem + "_leftImg8bit.png"))
         gt = os.path.join(gt_dir, stem + "_gtFine_")
         with open(gt + "polygons.json", "w") as f:
@@ -214,13 +234,14 @@ def write_split(root: str, split: str, num_images: int, width: int, height: int,
 
 
 def make_synthetic_cityscapes(root: str, num_train: int = 24, num_val: int = 8, width: int = 2048,
-                              height: int = 1024, seed: int = 0, log=print) -> str:
+                              height: int = 1024, seed: int = 0, log=print, detail: int = 0) -> str:
     """Writes a synthetic Cityscapes tree under `root` (the folder that holds leftImg8bit/, gtFine/)."""
     for split, n in (("train", num_train), ("val", num_val)):
         if n > 0:
-            write_split(root, split, n, width, height, seed, log)
+            write_split(root, split, n, width, height, seed, log, detail)
     with open(os.path.join(root, "SYNTHETIC.json"), "w") as f:
-        json.dump({"num_train": num_train, "num_val": num_val, "width": width, "height": height, "seed": seed}, f)
+        spec = {"num_train": num_train, "num_val": num_val, "width": width, "height": height, "seed": seed}
+        json.dump(dict(spec, **({"detail": detail} if detail else {})), f)
     return root
 
 
@@ -243,10 +264,13 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detail", type=int, default=0,
+                        help="extra points per polygon edge (real gtFine outlines are detailed)")
     args = parser.parse_args(argv)
     if args.width < 64 or args.height < 32:
         parser.error("--width must be at least 64 and --height at least 32")
-    make_synthetic_cityscapes(args.output, args.num_train, args.num_val, args.width, args.height, args.seed)
+    make_synthetic_cityscapes(args.output, args.num_train, args.num_val, args.width, args.height, args.seed,
+                              detail=args.detail)
     print(f"Wrote synthetic Cityscapes to {args.output}; use it with "
           f"DETECTRON2_DATASETS={os.path.dirname(os.path.abspath(args.output))}")
 
