@@ -68,7 +68,8 @@ def run(args):
     if not synthetic_dataset_matches(root, **spec):
         shutil.rmtree(root, ignore_errors=True)
         make_synthetic_cityscapes(root, 0, args.num_images, args.width, args.height, args.seed, detail=args.detail)
-    image_dir, gt_dir = os.path.join(root, "leftImg8bit", "val"), os.path.join(root, "gtFine", "val")
+    image_dir = os.path.abspath(os.path.join(root, "leftImg8bit", "val"))
+    gt_dir = os.path.abspath(os.path.join(root, "gtFine", "val"))
     vertices = sum(len(o["polygon"]) for p in _jsons(gt_dir) for o in json.load(open(p))["objects"])
     result = {"images": args.num_images, "size": [args.width, args.height],
               "polygon_vertices_per_file": vertices / args.num_images, "cpus": os.cpu_count()}

@@ -18,7 +18,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..errors import CityscapesEvaluationError
 from ..utils import atomic_write_json
-from .official_parallel import evaluate_official
+from .official_parallel import OfficialMatcher, score_matches
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +53,23 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
 
     def reset(self):
         self._predictions = []
+        self._matcher = None
+        if "cityscapes" in self._tasks:
+            self._gt_files = {d["file_name"]: d.get("instance_ids_file") for d in DatasetCatalog.get(self._dataset_name)}
+            pred_dir = os.path.join(self._output_dir, "cityscapes_official", f"pred_rank{comm.get_rank()}")
+            self._matcher = OfficialMatcher(pred_dir, self._label_ids, self._workers)
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
-            masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
             rles = []
-            if masks is not None:
-                for m in masks:
-                    rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+            if instances.has("pred_masks"):
+                for m in instances.pred_masks.numpy():
+                    rle = mask_util.encode(np.asfortranarray(m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)))
                     rle["counts"] = rle["counts"].decode("ascii")
                     rles.append(rle)
+            if self._matcher is not None:
+                self._match_official(inp["file_name"], instances, rles)
             self._predictions.append(
                 {
                     "file_name": inp["file_name"],
@@ -74,10 +80,26 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                 }
             )
 
+    def _match_official(self, file_name, instances, rles):
+        gt = self._gt_files.get(file_name)
+        if not gt or not os.path.isfile(gt):
+            raise CityscapesEvaluationError(
+                f"Official Cityscapes evaluation needs the ground-truth instance image {gt} for "
+                f"{file_name}; it comes with gtFine (or make it from the polygons with "
+                "cityscapesscripts' json2instanceImg)"
+            )
+        stem = os.path.basename(file_name)[: -len("_leftImg8bit.png")]
+        self._matcher.add(
+            stem, gt, instances.pred_classes.tolist(), instances.scores.tolist(),
+            rles,
+        )
+
     def evaluate(self):
+        matches = self._matcher.results() if self._matcher is not None else []
         if self._distributed:
             comm.synchronize()
             predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            matches = list(itertools.chain(*comm.gather(matches, dst=0)))
             if not comm.is_main_process():
                 return {}
         else:
@@ -95,32 +117,21 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         atomic_write_json(os.path.join(self._output_dir, PREDICTIONS_FILE), predictions)
         results = OrderedDict()
         if "cityscapes" in self._tasks:
-            results["cityscapes"] = self._eval_official(dataset, by_file)
+            results["cityscapes"] = self._eval_official(dataset, dict(matches))
         for task in ("bbox", "segm"):
             if task in self._tasks:
                 results[task] = self._eval_coco(dataset, by_file, task)
         return results
 
     # ---- official Cityscapes metric -------------------------------------------------------------
-    def _eval_official(self, dataset, by_file):
+    def _eval_official(self, dataset, matches_by_gt):
+        ordered = OrderedDict(
+            (os.path.abspath(d["instance_ids_file"]), matches_by_gt[os.path.abspath(d["instance_ids_file"])])
+            for d in dataset
+        )
         eval_dir = os.path.abspath(os.path.join(self._output_dir, "cityscapes_official"))
-        pred_dir = os.path.join(eval_dir, "pred")
-        shutil.rmtree(eval_dir, ignore_errors=True)
-        os.makedirs(pred_dir)
-        jobs = []
-        for d in dataset:
-            gt = d.get("instance_ids_file")
-            if not gt or not os.path.isfile(gt):
-                raise CityscapesEvaluationError(
-                    f"Official Cityscapes evaluation needs the ground-truth instance image {gt} "
-                    f"for {d['file_name']}; it comes with gtFine (or make it from the polygons "
-                    "with cityscapesscripts' json2instanceImg)"
-                )
-            stem = os.path.basename(d["file_name"])[: -len("_leftImg8bit.png")]
-            jobs.append((stem, os.path.abspath(gt), by_file[d["file_name"]], self._label_ids))
-        export = os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json")
         try:
-            res = evaluate_official(jobs, pred_dir, export, self._workers)
+            res = score_matches(ordered, eval_dir, os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json"))
         except SystemExit as e:  # cityscapesscripts' printError exits
             raise CityscapesEvaluationError(f"cityscapesscripts' evaluation failed: {e}") from e
         out = OrderedDict(AP=100 * res["allAp"], AP50=100 * res["allAp50%"])
