@@ -118,7 +118,8 @@ def run(args):
         for d, (boxes, scores, classes, rles, size) in zip(dicts, stored):
             inst = Instances(size)
             inst.pred_boxes, inst.scores, inst.pred_classes = Boxes(boxes), scores, classes
-            inst.pred_masks = torch.from_numpy(mask_util.decode(rles).transpose(2, 0, 1).astype(bool))
+            # C-contiguous (N, H, W) bool, as a model outputs them
+            inst.pred_masks = torch.from_numpy(np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1), dtype=bool))
             yield [{"file_name": d["file_name"], "image_id": d["image_id"]}], [{"instances": inst}]
 
     def timed_pass(evaluator=None, evaluate=None):
