@@ -4,7 +4,6 @@ import io
 import itertools
 import logging
 import os
-import shutil
 from collections import OrderedDict
 
 import numpy as np

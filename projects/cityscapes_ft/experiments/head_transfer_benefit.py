@@ -9,7 +9,6 @@ No COCO weights can be downloaded here, so the experiment makes its own "COCO mo
 3. both are evaluated straight after loading (iteration 0) and after the fine-tuning.
 """
 import argparse
-import json
 import logging
 import os
 import pickle
