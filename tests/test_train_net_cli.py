@@ -155,3 +155,16 @@ def test_main_job_on_its_default_path_makes_data_trains_evaluates_and_draws(tmp_
         datasets="/nonexistent",
     )
     assert "using the synthetic dataset" in proc.stdout
+
+
+def test_periodic_evaluation_keeps_the_best_checkpoint(synthetic_root, tmp_path):
+    proc = train_net("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2",
+                     "CITYSCAPES_FT.BEST_CHECKPOINT_METRIC", "segm/AP50", datasets=synthetic_root)
+    evals = sorted(os.listdir(tmp_path / "eval_results"))
+    assert evals == ["cityscapes_ft_instance_val_iter0000002.json", "cityscapes_ft_instance_val_iter0000004.json"]
+    values = [json.load(open(tmp_path / "eval_results" / e))["results"]["segm"]["AP50"] for e in evals]
+    best = torch.load(tmp_path / "model_best.pth", map_location="cpu", weights_only=False)
+    # the iteration saved is the first evaluation that reached the best value
+    assert best["iteration"] == (1 if values[0] >= values[1] else 4)  # detectron2 counts the end as 4
+    assert "model_best" in proc.stdout + proc.stderr + open(tmp_path / "log.txt").read()
+    assert open(tmp_path / "last_checkpoint").read().strip() == "model_final.pth"  # --resume unaffected

@@ -32,6 +32,10 @@ def add_cityscapes_ft_config(cfg):
     # does: "error" stops at once naming the file; "skip" leaves it out and logs the count and
     # list. Evaluation always stops at a bad sample: skipping would change the metric.
     cfg.CITYSCAPES_FT.ON_BAD_SAMPLE = "error"
+    # Keep OUTPUT_DIR/model_best.pth, the checkpoint with the best value of this evaluation metric
+    # (as in metrics.json, e.g. "cityscapes/AP", "segm/AP"); "" turns it off. Needs TEST.EVAL_PERIOD.
+    cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC = "cityscapes/AP"
+    cfg.CITYSCAPES_FT.BEST_CHECKPOINT_MODE = "max"
     # After training, draw the predictions on this many images of DATASETS.TEST[0] into
     # OUTPUT_DIR/predictions/ (0 turns it off).
     cfg.CITYSCAPES_FT.VIS_NUM_IMAGES = 0

@@ -53,8 +53,10 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
     Checkpoints and `last_checkpoint` are written atomically."""
 
     def __init__(self, model, save_dir="", *, class_map: Sequence = (), source_classes: Sequence[str] = (),
-                 target_classes: Sequence[str] = (), **kwargs):
+                 target_classes: Sequence[str] = (), tag_last: bool = True, **kwargs):
         super().__init__(model, save_dir, **kwargs)
+        # False for side copies (model_best): `last_checkpoint` keeps naming the run's own latest.
+        self.tag_last = tag_last
         self.path_manager = AtomicWritePathManager(self.path_manager)
         self.class_map = list(class_map)
         self.source_classes = list(source_classes)
@@ -64,6 +66,10 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
         if self.class_map:
             # Validate names up front: a wrong map fails before any training starts.
             self.source_indices = resolve_class_map(self.class_map, self.target_classes, self.source_classes)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        if self.tag_last:
+            super().tag_last_checkpoint(last_filename_basename)
 
     def load(self, path, *args, **kwargs):
         self._loading = path

@@ -127,6 +127,16 @@ class CityscapesFTTrainer(DefaultTrainer):
         for i, hook in enumerate(ret):
             if isinstance(hook, hooks.EvalHook):
                 ret[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate_during_training)
+                metric = self.cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC
+                if metric and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
+                    # After the evaluation it compares, so the metric is already in the storage.
+                    best = build_checkpointer(self.cfg, self.model, self.cfg.OUTPUT_DIR, tag_last=False,
+                                              trainer=weakref.proxy(self))
+                    ret.insert(i + 1, hooks.BestCheckpointer(
+                        self.cfg.TEST.EVAL_PERIOD, best, metric,
+                        mode=self.cfg.CITYSCAPES_FT.BEST_CHECKPOINT_MODE,
+                    ))
+                break
         return ret
 
     def _evaluate_during_training(self):
