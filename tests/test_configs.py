@@ -42,7 +42,26 @@ def test_cs_ft_is_the_published_recipe():
     assert cfg.SOLVER.WARMUP_METHOD == "linear"
     assert cfg.SOLVER.WARMUP_ITERS == 500 and cfg.SOLVER.WARMUP_FACTOR == 0.001
     assert cfg.SOLVER.GAMMA == 0.1
-    assert list(cfg.SOLVER.STEPS) == [18000] and cfg.SOLVER.MAX_ITER == 24000
+    # MMDetection's "8 epochs" over the training set repeated 8 times, x0.1 after its epoch 7
+    sched = cfg.CITYSCAPES_FT.SCHEDULE
+    assert sched.UNIT == "epochs" and sched.MAX_EPOCHS == 64 and tuple(sched.STEPS_EPOCHS) == (56,)
+    assert sched.REFERENCE_IMS_PER_BATCH == 8
+    from cityscapes_ft.engine.schedule import resolve_training_schedule
+
+    resolved, schedule = resolve_training_schedule(cfg, 1, lambda: 2975)  # gtFine train size
+    assert resolved.SOLVER.MAX_ITER == 23800 and tuple(resolved.SOLVER.STEPS) == (20825,)
+    assert resolved.SOLVER.BASE_LR == 0.01 and resolved.SOLVER.WARMUP_ITERS == 500
+    assert schedule.iters_per_epoch == 2975 / 8
+
+
+def test_paper_config_is_the_mask_rcnn_papers_4k_fine_tune():
+    from cityscapes_ft.engine.schedule import resolve_training_schedule
+
+    cfg = load_config(os.path.join(CONFIGS, "cs_ft_paper_4k.yaml"))
+    resolved, _ = resolve_training_schedule(cfg, 1, lambda: 2975)
+    assert resolved.SOLVER.MAX_ITER == 4000 and tuple(resolved.SOLVER.STEPS) == (3000,)
+    assert resolved.SOLVER.IMS_PER_BATCH == 8 and resolved.SOLVER.BASE_LR == 0.01
+    assert resolved.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS and resolved.MODEL.WEIGHTS.endswith(".pkl")
 
 
 def test_our_base_means_what_detectron2s_base_means():

@@ -36,7 +36,7 @@ def test_training_writes_checkpoints_with_optimizer_scheduler_and_iteration(trai
     optimizer = ckpt["trainer"]["_trainer"]["optimizer"]
     assert optimizer["state"], "SGD momentum buffers must be in the checkpoint"
     assert any("momentum_buffer" in s for s in optimizer["state"].values())
-    assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 4
+    assert ckpt["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 4
     for name in ("model_0000001.pth", "model_0000003.pth", "config.yaml", "metrics.json"):
         assert os.path.isfile(os.path.join(out, name)), name
 
@@ -83,7 +83,7 @@ def test_resume_continues_where_the_run_stopped(trained, synthetic_root, tmp_pat
     assert "Loading scheduler from state_dict" in log
     ckpt = torch.load(os.path.join(resumed, "model_final.pth"), map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 5
-    assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 6
+    assert ckpt["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 6
 
 
 def test_two_cpu_processes_train_together(synthetic_root, tmp_path):

@@ -58,6 +58,12 @@ def check_config_runnable(cfg):
             "add `MODEL.DEVICE cpu` to the command line (or use a CPU config such as "
             "configs/quick_schedules/cs_ft_cpu_demo.yaml)"
         )
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ConfigNotRunnable(
+            f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': mixed precision "
+            "training needs CUDA. Use `SOLVER.AMP.ENABLED False` on CPU (or "
+            "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS to save memory)"
+        )
     if cfg.CITYSCAPES_FT.ON_BAD_SAMPLE not in ("error", "skip"):
         raise ConfigNotRunnable(
             f"CITYSCAPES_FT.ON_BAD_SAMPLE is '{cfg.CITYSCAPES_FT.ON_BAD_SAMPLE}'; expected 'error' "

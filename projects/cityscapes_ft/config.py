@@ -42,6 +42,51 @@ def add_cityscapes_ft_config(cfg):
     # Score threshold for those pictures.
     cfg.CITYSCAPES_FT.VIS_SCORE_THRESH = 0.5
 
+    # Write losses, LRs and timings to the console, metrics.json and TensorBoard every this many
+    # iterations (detectron2 uses 20; 1 records the full LR trace).
+    cfg.CITYSCAPES_FT.LOG_PERIOD = 20
+
+    # Training schedule. UNIT "iterations" reads SOLVER.MAX_ITER/STEPS as detectron2 does; "epochs"
+    # computes them from the lengths below (in passes over the training set after filtering) with
+    # the dataset's size and the global batch SOLVER.IMS_PER_BATCH; the conversion is logged.
+    cfg.CITYSCAPES_FT.SCHEDULE = CN()
+    cfg.CITYSCAPES_FT.SCHEDULE.UNIT = "iterations"
+    cfg.CITYSCAPES_FT.SCHEDULE.MAX_EPOCHS = 0.0
+    cfg.CITYSCAPES_FT.SCHEDULE.STEPS_EPOCHS = ()
+    # Checkpoint and evaluation periods in epochs (0 keeps SOLVER.CHECKPOINT_PERIOD and
+    # TEST.EVAL_PERIOD in iterations). Only used with UNIT "epochs".
+    cfg.CITYSCAPES_FT.SCHEDULE.CHECKPOINT_PERIOD_EPOCHS = 0.0
+    cfg.CITYSCAPES_FT.SCHEDULE.EVAL_PERIOD_EPOCHS = 0.0
+    # The global batch that BASE_LR (and, in iteration mode, the iteration counts and
+    # WARMUP_ITERS in both modes) are stated for. When the run's batch differs (another
+    # IMS_PER_BATCH, or --num-gpus with SOLVER.REFERENCE_WORLD_SIZE), the LR is scaled by
+    # LR_SCALING ("linear", "sqrt" or "none" of batch / reference) and iteration counts by
+    # reference / batch, so the run sees the same number of images. 0: BASE_LR is for the batch
+    # as given (detectron2's REFERENCE_WORLD_SIZE scaling still applies).
+    cfg.CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH = 0
+    cfg.CITYSCAPES_FT.SCHEDULE.LR_SCALING = "linear"
+
+    # Split each optimizer step's SOLVER.IMS_PER_BATCH images into this many forward/backward
+    # passes whose gradients are summed: same effective batch and LR schedule (counted in
+    # optimizer steps), less memory. IMS_PER_BATCH must divide by (processes x this).
+    cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS = 1
+
+    # Staged freezing: the backbone (ResNet; with INCLUDE_FPN also the FPN) gets no gradient for
+    # the first ITERS iterations (or EPOCHS epochs, if > 0), then trains with its own LR. Layers
+    # that MODEL.BACKBONE.FREEZE_AT freezes stay frozen throughout.
+    cfg.CITYSCAPES_FT.BACKBONE_FREEZE = CN()
+    cfg.CITYSCAPES_FT.BACKBONE_FREEZE.ITERS = 0
+    cfg.CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS = 0.0
+    cfg.CITYSCAPES_FT.BACKBONE_FREEZE.INCLUDE_FPN = False
+
+    # Layer-wise LR: each part's LR is BASE_LR (as scheduled) times its multiplier. Weight decay on
+    # norms and biases follows detectron2's SOLVER.WEIGHT_DECAY_NORM / SOLVER.WEIGHT_DECAY_BIAS
+    # (set both to 0.0 for none).
+    cfg.CITYSCAPES_FT.LR_MULTIPLIER = CN()
+    cfg.CITYSCAPES_FT.LR_MULTIPLIER.BACKBONE = 1.0
+    cfg.CITYSCAPES_FT.LR_MULTIPLIER.FPN = 1.0
+    cfg.CITYSCAPES_FT.LR_MULTIPLIER.HEADS = 1.0
+
 
 def load_cityscapes_ft_cfg(config_file, opts=()):
     """detectron2's defaults + our keys, then the YAML file, then KEY VALUE overrides (unfrozen)."""
@@ -52,10 +97,26 @@ def load_cityscapes_ft_cfg(config_file, opts=()):
     opts = [str(o) for o in opts]
     try:
         cfg.merge_from_file(config_file)
-        cfg.merge_from_list(opts)
+        cfg.merge_from_list(_ints_for_float_keys(cfg, opts))
     except (KeyError, AssertionError) as e:
         raise ConfigNotRunnable(_unknown_key_message(cfg, config_file, opts, e)) from e
+    except ValueError as e:  # yacs: "Type mismatch (<class 'float'> vs. <class 'str'>) ..."
+        where = f"{config_file} or the command-line overrides {opts}" if opts else config_file
+        raise ConfigNotRunnable(f"{e} (in {where})") from e
     return cfg
+
+
+def _ints_for_float_keys(cfg, opts):
+    """`MAX_EPOCHS 8` for a float key: yacs would refuse the int, so pass it as 8.0."""
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        node, *path = out[i].split(".")
+        value = cfg.get(node)
+        for part in path:
+            value = value.get(part) if isinstance(value, CN) else None
+        if isinstance(value, float) and out[i + 1].lstrip("+-").isdigit():
+            out[i + 1] = str(float(out[i + 1]))
+    return out
 
 
 def _flat_keys(node, prefix=""):

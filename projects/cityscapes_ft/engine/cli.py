@@ -12,6 +12,7 @@ from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable, check_output_dir_writable
 from ..config import load_cityscapes_ft_cfg
 from ..weights import load_weights_or_explain
+from .schedule import check_no_overridden_computed_keys
 from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger("cityscapes_ft")
@@ -29,6 +30,7 @@ def setup_cfg(args):
     default_setup."""
     cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
     check_config_runnable(cfg)
+    check_no_overridden_computed_keys(cfg, args.opts)
     if comm.is_main_process():
         check_output_dir_writable(cfg.OUTPUT_DIR)
     cfg.freeze()

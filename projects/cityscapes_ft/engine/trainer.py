@@ -1,17 +1,21 @@
 """The cityscapes-ft trainer: detectron2's DefaultTrainer with our mapper, evaluator and fixes."""
+import gc
 import logging
 import os
+import random
 import weakref
 from collections import OrderedDict
 
+import numpy as np
+import torch
 from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
 from detectron2.data.build import filter_images_with_only_crowd_annotations, print_instances_class_histogram
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
@@ -21,10 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import build_checkpointer
 from ..data import EVALUATOR_TYPE, build_mapper, cityscapes_root, load_cityscapes_ft_instances
-from ..errors import TrainingDiverged
+from ..data.resumable_loader import ResumableTrainLoader, _derived_seed
+from ..errors import ConfigNotRunnable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..utils import atomic_write_json
+from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
+from .optimizer import build_layerwise_optimizer
+from .schedule import resolve_training_schedule
+from .train_loop import GradientAccumulationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +68,41 @@ def load_train_dicts_skipping_bad(cfg):
 
 
 class CityscapesFTTrainer(DefaultTrainer):
-    """DefaultTrainer with the Cityscapes mapper and evaluator, CPU distributed training, and
-    checkpoints that keep the optimizer (and AMP grad scaler), which v0.6 drops on resume."""
+    """DefaultTrainer with the Cityscapes mapper and evaluator, and the training recipe:
+
+    - the schedule in epochs or iterations, rescaled to the run's global batch, logged at start
+      and written to OUTPUT_DIR/schedule.json (`resolve_training_schedule`);
+    - layer-wise LR and weight decay per parameter kind (`build_layerwise_optimizer`);
+    - staged backbone freezing (`StagedBackboneFreeze`);
+    - gradient accumulation and AMP (`GradientAccumulationTrainer`);
+    - exact resume: checkpoints keep the optimizer (and AMP grad scaler), which v0.6 drops, and
+      the data stream's position; the random generators of each step are seeded from (run seed,
+      rank, iteration), so a resumed run draws what the uninterrupted one would have;
+    - CPU distributed training (gloo)."""
 
     def __init__(self, cfg):
-        # Same construction as DefaultTrainer.__init__, but DDP also wraps CPU models (v0.6 passes
-        # device_ids for CPU models, which DDP rejects).
+        # Same construction as DefaultTrainer.__init__, with the schedule resolved first and DDP
+        # also wrapping CPU models (v0.6 passes device_ids for CPU models, which DDP rejects).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg, self.schedule = resolve_training_schedule(
+            cfg, comm.get_world_size(), lambda: len(self.build_train_dataset_dicts(cfg))
+        )
+        logger.info(self.schedule.format())
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "schedule.json"), self.schedule.as_dict())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_for_distributed(model)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self._trainer = GradientAccumulationTrainer(
+            model, data_loader, optimizer,
+            accumulation_steps=cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS,
+            amp=cfg.SOLVER.AMP.ENABLED,
+        )
+        # The stream's seed (cfg.SEED, or one drawn for the run and kept in its checkpoints).
+        self.run_seed = data_loader.seed
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = build_checkpointer(cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -82,21 +110,63 @@ class CityscapesFTTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    # Checkpoints hold the inner trainer's state: optimizer (momentum) and AMP grad scaler.
+    # Checkpoints hold the inner trainer's state (optimizer momentum, AMP grad scaler) and the
+    # data stream's position and seed.
     def state_dict(self):
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        if hasattr(self.data_loader, "state_dict"):
+            state["data"] = self.data_loader.state_dict()
+        state["run_seed"] = self.run_seed
         return state
 
     def load_state_dict(self, state_dict):
+        hook_states = state_dict.get("hooks", {})
+        if "LRScheduler" in hook_states and "LayerwiseLRScheduler" not in hook_states:
+            # A checkpoint of detectron2's own trainer: same scheduler state, its hook's name.
+            hook_states["LayerwiseLRScheduler"] = hook_states.pop("LRScheduler")
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            try:
+                self._trainer.load_state_dict(state_dict["_trainer"])
+            except ValueError as e:  # parameter groups of another optimizer layout
+                logger.warning(f"The checkpoint's optimizer state does not fit this optimizer ({e}): "
+                               "resuming with fresh momentum")
         else:
             logger.warning("Checkpoint has no optimizer state (made by plain detectron2 v0.6?): "
                            "resuming with fresh momentum")
+        if "data" in state_dict and hasattr(self.data_loader, "load_state_dict"):
+            self.data_loader.load_state_dict(state_dict["data"])
+        else:
+            logger.warning("Checkpoint has no data-stream position: the data order starts over")
+        self.run_seed = state_dict.get("run_seed", self.run_seed)
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # The stream restarts from the position that the checkpoint (if any) stored.
+        self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+
+    def rewrap_model_for_distributed(self):
+        """Wrap the model in a new DistributedDataParallel, which takes the parameters that
+        require a gradient now (DDP fixes that set when it wraps)."""
+        old = self._trainer.model
+        if not isinstance(old, DistributedDataParallel):
+            return
+        module = old.module
+        self._trainer.model = None
+        del old
+        gc.collect()  # the old wrapper's reducer hooks must be gone before the next backward
+        self._trainer.model = wrap_for_distributed(module)
+
+    def seed_step(self):
+        """Seed torch, numpy and python random generators from (run seed, rank, iteration)."""
+        seed = _derived_seed(self.run_seed, comm.get_rank(), self.iter)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
 
     def run_step(self):
+        self.seed_step()
         try:
             super().run_step()
         except FloatingPointError as e:  # SimpleTrainer's loss check, or the box head's
@@ -121,8 +191,22 @@ class CityscapesFTTrainer(DefaultTrainer):
             TensorboardXWriter(self.cfg.OUTPUT_DIR),
         ]
 
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_layerwise_optimizer(cfg, model)
+
     def build_hooks(self):
         ret = super().build_hooks()
+        for i, hook in enumerate(ret):
+            if type(hook) is hooks.LRScheduler:
+                ret[i] = LayerwiseLRScheduler()
+                freeze = self.cfg.CITYSCAPES_FT.BACKBONE_FREEZE
+                if freeze.ITERS > 0:
+                    ret.insert(i, StagedBackboneFreeze(freeze.ITERS, include_fpn=freeze.INCLUDE_FPN))
+                break
+        for i, hook in enumerate(ret):
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook._period = self.cfg.CITYSCAPES_FT.LOG_PERIOD  # detectron2 fixes it at 20
         # Evaluation that also records which iteration and checkpoint it measured.
         for i, hook in enumerate(ret):
             if isinstance(hook, hooks.EvalHook):
@@ -147,11 +231,38 @@ class CityscapesFTTrainer(DefaultTrainer):
         return self._last_eval_results
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        mapper = build_mapper(cfg, is_train=True)
+    def build_train_dataset_dicts(cls, cfg):
+        """DATASETS.TRAIN as the training loader sees it: after FILTER_EMPTY_ANNOTATIONS, and
+        without bad samples when CITYSCAPES_FT.ON_BAD_SAMPLE is "skip"."""
         if cfg.CITYSCAPES_FT.ON_BAD_SAMPLE == "error":
-            return build_detection_train_loader(cfg, mapper=mapper)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=load_train_dicts_skipping_bad(cfg))
+            return get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            )
+        return load_train_dicts_skipping_bad(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """A ResumableTrainLoader: this process's share of SOLVER.IMS_PER_BATCH / accumulation
+        steps per batch, aspect-ratio grouped, resumable at the batch where a checkpoint stopped."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            raise ConfigNotRunnable(
+                f"DATALOADER.SAMPLER_TRAIN is '{cfg.DATALOADER.SAMPLER_TRAIN}'; cityscapes-ft's "
+                "resumable training loader samples like 'TrainingSampler' (uniform, shuffled) only"
+            )
+        world = comm.get_world_size()
+        per_step = world * cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
+        if cfg.SOLVER.IMS_PER_BATCH % per_step:
+            raise ConfigNotRunnable(
+                f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must divide by the number of "
+                f"processes x CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS ({per_step})"
+            )
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return ResumableTrainLoader(
+            cls.build_train_dataset_dicts(cfg), build_mapper(cfg, is_train=True),
+            batch_size=cfg.SOLVER.IMS_PER_BATCH // per_step, seed=seed, rank=comm.get_rank(),
+            world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -1,0 +1,149 @@
+"""A training data stream that a checkpoint can stop and restart exactly.
+
+Each process's batches are a pure function of (seed, rank, world size, batch size, batch number):
+an infinite stream of seeded permutations of the dataset, split across processes by position,
+grouped into batches of one aspect (landscape / portrait) like detectron2's aspect-ratio grouping,
+and each sample augmented with random generators seeded from its position in the stream. So the
+state to save is the seed and the number of batches consumed, and a resumed run gets the batches
+the interrupted one would have got, whatever the number of loader workers."""
+import logging
+import random
+
+import numpy as np
+import torch
+from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
+from detectron2.data.common import DatasetFromList
+
+logger = logging.getLogger(__name__)
+
+
+def _derived_seed(*entropy) -> int:
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+
+
+class ResumableBatchSampler:
+    """Lists of (stream position, dataset index) for one process, starting at batch start_batch."""
+
+    def __init__(self, aspect_groups, batch_size: int, seed: int, rank: int, world_size: int,
+                 start_batch: int = 0):
+        """aspect_groups: one hashable per dataset index (e.g. width > height); all equal turns
+        grouping off."""
+        self.aspect_groups = list(aspect_groups)
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        size = len(self.aspect_groups)
+        buckets = {}
+        position = 0
+        batch_number = 0
+        while True:
+            for index in torch.randperm(size, generator=generator).tolist():
+                mine = position % self.world_size == self.rank
+                position += 1
+                if not mine:
+                    continue
+                bucket = buckets.setdefault(self.aspect_groups[index], [])
+                bucket.append((position - 1, index))
+                if len(bucket) == self.batch_size:
+                    if batch_number >= self.start_batch:
+                        yield list(bucket)
+                    batch_number += 1
+                    bucket.clear()
+
+
+class PositionSeededMapDataset(torch.utils.data.Dataset):
+    """Maps dataset_dicts[index] with numpy, python and torch random generators seeded from
+    (seed, stream position), restoring the caller's generators afterwards."""
+
+    def __init__(self, dataset_dicts, mapper, seed: int):
+        self._dicts = DatasetFromList(dataset_dicts, copy=False)
+        self._mapper = mapper
+        self._seed = seed
+
+    def __len__(self):
+        return len(self._dicts)
+
+    def __getitem__(self, item):
+        position, index = item
+        seed = _derived_seed(self._seed, position)
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            np.random.seed(seed)
+            random.seed(seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                data = self._mapper(self._dicts[index])
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        if data is None:
+            raise ValueError(
+                f"The training mapper returned None for {self._dicts[index].get('file_name', index)}; "
+                "the resumable loader needs a mapper that returns every sample (filter the dataset "
+                "dicts instead)"
+            )
+        return data
+
+
+class ResumableTrainLoader:
+    """An iterable over batches (lists of mapped dicts) for this process, with state_dict() /
+    load_state_dict() holding the seed and the number of batches handed out. Iterating starts a
+    torch DataLoader at that batch; the iterator starts no worker before its first batch."""
+
+    def __init__(self, dataset_dicts, mapper, *, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, aspect_ratio_grouping: bool = True, num_workers: int = 0):
+        self.dataset_dicts = dataset_dicts
+        self.mapper = mapper
+        self.batch_size, self.seed = batch_size, int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
+        self.aspect_groups = [
+            d["width"] > d["height"] if aspect_ratio_grouping else True for d in dataset_dicts
+        ]
+        self.batches_consumed = 0
+
+    def __iter__(self):
+        sampler = ResumableBatchSampler(
+            self.aspect_groups, self.batch_size, self.seed, self.rank, self.world_size,
+            start_batch=self.batches_consumed,
+        )
+        loader = torch.utils.data.DataLoader(
+            PositionSeededMapDataset(self.dataset_dicts, self.mapper, self.seed),
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=trivial_batch_collator,
+            worker_init_fn=worker_init_reset_seed,
+            # Its own generator: making an iterator then draws nothing from the global RNG.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        for batch in loader:
+            self.batches_consumed += 1
+            yield batch
+
+    def state_dict(self):
+        return {
+            "seed": self.seed, "batches_consumed": self.batches_consumed,
+            "batch_size": self.batch_size, "world_size": self.world_size,
+            "dataset_size": len(self.dataset_dicts),
+        }
+
+    def load_state_dict(self, state):
+        """Continue the saved stream. With another world size or batch, continue after the same
+        number of images (the order then differs from an uninterrupted run: logged)."""
+        self.seed = int(state["seed"])
+        same = (state["batch_size"], state["world_size"], state["dataset_size"]) == (
+            self.batch_size, self.world_size, len(self.dataset_dicts))
+        if same:
+            self.batches_consumed = int(state["batches_consumed"])
+            return
+        images = state["batches_consumed"] * state["batch_size"] * state["world_size"]
+        self.batches_consumed = images // (self.batch_size * self.world_size)
+        logger.warning(
+            f"The checkpoint's data stream was {state['world_size']} process(es) x "
+            f"{state['batch_size']} images over {state['dataset_size']} images; this run has "
+            f"{self.world_size} x {self.batch_size} over {len(self.dataset_dicts)}: continuing "
+            f"after the same {images} images, in a different order than an uninterrupted run"
+        )

@@ -1,0 +1,84 @@
+"""SGD with one parameter group per model part (backbone, FPN, heads) and kind (weights, biases,
+norms), so each part has its own LR multiplier and norms/biases their own weight decay."""
+from collections import OrderedDict
+
+import torch
+from detectron2.solver.build import maybe_add_gradient_clipping
+
+MODEL_PARTS = ("backbone", "fpn", "heads")
+NORM_TYPES = (
+    torch.nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def backbone_modules(model, include_fpn: bool):
+    """The modules that staged freezing and the BACKBONE multiplier act on: the ResNet of an FPN
+    backbone (its `bottom_up`), or the whole backbone when it has no FPN; with include_fpn, the
+    whole backbone."""
+    backbone = unwrap(model).backbone
+    if include_fpn or not hasattr(backbone, "bottom_up"):
+        return backbone
+    return backbone.bottom_up
+
+
+def model_part(model, parameter_name: str) -> str:
+    """'backbone' (the ResNet), 'fpn' (the rest of model.backbone) or 'heads' (RPN, ROI heads)."""
+    if not parameter_name.startswith("backbone."):
+        return "heads"
+    if hasattr(unwrap(model).backbone, "bottom_up") and not parameter_name.startswith(
+        "backbone.bottom_up."
+    ):
+        return "fpn"
+    return "backbone"
+
+
+def layerwise_param_groups(cfg, model):
+    """Groups named '<part>/<kind>' with lr = BASE_LR x part multiplier (x BIAS_LR_FACTOR for
+    biases) and weight decay WEIGHT_DECAY, WEIGHT_DECAY_NORM (norm layers) or WEIGHT_DECAY_BIAS
+    (other biases; None = WEIGHT_DECAY). Parameters frozen at build time (FREEZE_AT) are left
+    out; parameters that staged freezing turns off later are in, so they train after the switch."""
+    solver = cfg.SOLVER
+    multipliers = {part: float(getattr(cfg.CITYSCAPES_FT.LR_MULTIPLIER, part.upper())) for part in MODEL_PARTS}
+    bias_decay = solver.WEIGHT_DECAY if solver.WEIGHT_DECAY_BIAS is None else solver.WEIGHT_DECAY_BIAS
+    groups = OrderedDict()
+    seen = set()
+    for module_name, module in unwrap(model).named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full_name = f"{module_name}.{name}" if module_name else name
+            part = model_part(model, full_name)
+            if isinstance(module, NORM_TYPES):
+                kind, lr_factor, decay = "norm", 1.0, solver.WEIGHT_DECAY_NORM
+            elif name == "bias":
+                kind, lr_factor, decay = "bias", solver.BIAS_LR_FACTOR, bias_decay
+            else:
+                kind, lr_factor, decay = "weight", 1.0, solver.WEIGHT_DECAY
+            key = f"{part}/{kind}"
+            if key not in groups:
+                factor = multipliers[part] * lr_factor
+                groups[key] = {
+                    "name": key, "part": part, "lr_factor": factor, "params": [],
+                    "lr": solver.BASE_LR * factor, "weight_decay": decay,
+                }
+            groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def build_layerwise_optimizer(cfg, model) -> torch.optim.Optimizer:
+    """SGD (with detectron2's optional gradient clipping) over layerwise_param_groups."""
+    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        layerwise_param_groups(cfg, model),
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
