@@ -50,13 +50,19 @@ def test_failed_checkpoint_save_leaves_previous_checkpoint_and_tag(tmp_path, mon
 
 def test_kill_9_during_training_then_resume_finishes(synthetic_root, tmp_path):
     """A checkpoint every iteration, killed with SIGKILL while it trains and saves; the last
-    checkpoint named must load, and --resume must finish the run from it."""
-    out = str(tmp_path)
+    checkpoint named must load, and --resume must finish the run from it, with the weights an
+    uninterrupted run ends with (same seed, no loader workers)."""
+    out = str(tmp_path / "killed")
     env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="2")
     cmd = [sys.executable, "tools/train_net.py", "--config-file", TINY]
-    opts = ["OUTPUT_DIR", out,
-            "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30,)", "SOLVER.CHECKPOINT_PERIOD", "1",
-            "TEST.EVAL_PERIOD", "0"]
+    common = ["SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "(15,)", "SOLVER.CHECKPOINT_PERIOD", "1",
+              "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "7",
+              "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "8"]
+    reference = str(tmp_path / "uninterrupted")
+    done = subprocess.run(cmd + ["OUTPUT_DIR", reference] + common, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    opts = ["OUTPUT_DIR", out] + common
     proc = subprocess.Popen(cmd + opts, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not os.path.exists(os.path.join(out, "model_0000004.pth")):
@@ -71,11 +77,14 @@ def test_kill_9_during_training_then_resume_finishes(synthetic_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Starting training from iteration {ckpt['iteration'] + 1}" in done.stderr + done.stdout
     final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
-    assert final["iteration"] == 39
+    assert final["iteration"] == 19
+    expected = torch.load(os.path.join(reference, "model_final.pth"), map_location="cpu", weights_only=False)
+    for name, value in expected["model"].items():
+        torch.testing.assert_close(final["model"][name], value, rtol=1e-6, atol=1e-7, msg=name)
     # metrics.json: every line a complete record, no iteration twice, up to the end
     lines = open(os.path.join(out, "metrics.json")).read().splitlines()
     iterations = [json.loads(line)["iteration"] for line in lines]
-    assert iterations == sorted(set(iterations)) and iterations[-1] >= 39
+    assert iterations == sorted(set(iterations)) and iterations[-1] >= 19
 
 
 def test_metrics_writer_replaces_what_a_resumed_run_repeats(tmp_path):
