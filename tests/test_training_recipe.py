@@ -266,6 +266,40 @@ def test_freezing_in_two_cpu_processes_with_world_size_scaling(synthetic_root, t
     assert "backbone frozen" in log and "backbone trains from iteration 2" in log
 
 
+def _train_and_fingerprint(out_dir, datasets, cache_dir):
+    """Run in each of two processes: train through the switch, then gather every rank's weights."""
+    import hashlib
+
+    from detectron2.utils import comm
+
+    os.environ["DETECTRON2_DATASETS"] = datasets
+    os.environ["CITYSCAPES_FT_CACHE_DIR"] = cache_dir
+    cfg = tiny_cfg(out_dir, "SOLVER.MAX_ITER", "5", "SOLVER.STEPS", "(4,)", "SEED", "3",
+                   "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "2", "CITYSCAPES_FT.BACKBONE_FREEZE.INCLUDE_FPN", "True")
+    trainer = train_in_process(cfg)
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    prints = {n: hashlib.sha256(p.detach().numpy().tobytes()).hexdigest() for n, p in model.named_parameters()}
+    gathered = comm.all_gather(prints)
+    if comm.is_main_process():
+        with open(os.path.join(out_dir, "fingerprints.json"), "w") as f:
+            json.dump(gathered, f)
+
+
+def test_two_processes_hold_identical_weights_through_the_freeze_switch(synthetic_root, tmp_path):
+    """DDP is re-wrapped at the switch: after it, gradients of the backbone and FPN must still be
+    all-reduced, or the processes (each on its own images) would drift apart."""
+    from cityscapes_ft.engine import launch
+
+    launch(_train_and_fingerprint, 2, dist_url="auto",
+           args=(str(tmp_path), synthetic_root, os.environ["CITYSCAPES_FT_CACHE_DIR"]))
+    rank0, rank1 = json.load(open(tmp_path / "fingerprints.json"))
+    assert rank0 == rank1
+    final = load_model_state(tmp_path / "model_final.pth")
+    frozen = load_model_state(tmp_path / "model_0000001.pth")
+    assert not torch.equal(final["backbone.bottom_up.stem.conv1.weight"], frozen["backbone.bottom_up.stem.conv1.weight"])
+    assert not torch.equal(final["backbone.fpn_lateral2.weight"], frozen["backbone.fpn_lateral2.weight"])
+
+
 # --- gradient accumulation and AMP ------------------------------------------------------------
 
 class _Regression(torch.nn.Module):
@@ -357,10 +391,13 @@ def _resume_from(checkpoint, out_dir, cfg_opts):
     return train_in_process(tiny_cfg(out_dir, *cfg_opts), resume=True)
 
 
-@pytest.mark.parametrize("stop_after", [1, 4], ids=["while-frozen", "after-unfreezing"])
-def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(cityscapes_env, tmp_path, stop_after):
+@pytest.mark.parametrize("stop_after,accumulation", [(1, 1), (4, 1), (2, 2)],
+                         ids=["while-frozen", "after-unfreezing", "accumulating"])
+def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(cityscapes_env, tmp_path, stop_after,
+                                                                            accumulation):
     opts = ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "(5,)", "SOLVER.CHECKPOINT_PERIOD", "1",
-            "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "3", "SOLVER.MOMENTUM", "0.9"]
+            "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "3", "SOLVER.MOMENTUM", "0.9",
+            "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", str(accumulation)]
     full = tmp_path / "uninterrupted"
     train_in_process(tiny_cfg(full, *opts))
     # what a run killed after iteration `stop_after` leaves: its last checkpoint
@@ -378,7 +415,7 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(citys
         assert resumed_metrics[it]["lr"] == full_metrics[it]["lr"]
     # and not because resuming is a no-op: the stream continued, it did not start over
     ckpt = torch.load(resumed / "model_final.pth", map_location="cpu", weights_only=False)
-    assert ckpt["trainer"]["data"]["batches_consumed"] == 7
+    assert ckpt["trainer"]["data"]["batches_consumed"] == 7 * accumulation
 
 
 def test_resumed_data_stream_continues_rather_than_restarts():

@@ -8,16 +8,27 @@ import tempfile
 import time
 
 import torch
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
 
 from ..config import load_cityscapes_ft_cfg
+from ..data import build_mapper
 from ..data.synthetic import make_synthetic_cityscapes
 from ..engine.trainer import CityscapesFTTrainer
 from ..utils import atomic_write_json
 
+class DefaultTrainerWithOurMapper(DefaultTrainer):
+    """Plain DefaultTrainer fed by our mapper: the difference to ours is then the trainer alone."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+
 # name -> (trainer class, extra config overrides); "{iters}" is the run's length
 VARIANTS = {
     "detectron2": (DefaultTrainer, []),
+    "detectron2_our_mapper": (DefaultTrainerWithOurMapper, []),
     "ours": (CityscapesFTTrainer, []),
     "ours_frozen": (CityscapesFTTrainer, ["CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "{iters}"]),
     "ours_frozen_fpn": (CityscapesFTTrainer, ["CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "{iters}",
@@ -28,6 +39,7 @@ VARIANTS = {
 RATIOS = {
     # name: (numerator, denominator), both in s/iter
     "overhead_ours_vs_detectron2": ("ours", "detectron2"),
+    "trainer_overhead_same_mapper": ("ours", "detectron2_our_mapper"),
     "frozen_backbone_speedup": ("ours", "ours_frozen"),
     "frozen_backbone_and_fpn_speedup": ("ours", "ours_frozen_fpn"),
     "amp_speedup": ("ours", "ours_amp"),
@@ -120,11 +132,11 @@ def run(args):
 def argument_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config-file", default="configs/quick_schedules/cs_ft_cpu_demo.yaml")
-    p.add_argument("--variants", default="detectron2,ours,ours_frozen,ours_frozen_fpn",
+    p.add_argument("--variants", default="detectron2,detectron2_our_mapper,ours,ours_frozen,ours_frozen_fpn",
                    help=f"comma-separated, from: {', '.join(VARIANTS)} (*_amp need CUDA)")
-    p.add_argument("--iterations", type=int, default=30, help="iterations per run")
+    p.add_argument("--iterations", type=int, default=40, help="iterations per run")
     p.add_argument("--warmup", type=int, default=5, help="first iterations left out of the median")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-root", default="", help="DETECTRON2_DATASETS to use (default: make synthetic data)")
     p.add_argument("--num-train", type=int, default=16)
     p.add_argument("--width", type=int, default=1024)

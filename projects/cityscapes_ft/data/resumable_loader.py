@@ -17,7 +17,8 @@ from detectron2.data.common import DatasetFromList
 logger = logging.getLogger(__name__)
 
 
-def _derived_seed(*entropy) -> int:
+def derived_seed(*entropy) -> int:
+    """A 32-bit seed mixed from integers (numpy SeedSequence), for per-sample and per-step seeds."""
     return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
 
 
@@ -68,7 +69,7 @@ class PositionSeededMapDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         position, index = item
-        seed = _derived_seed(self._seed, position)
+        seed = derived_seed(self._seed, position)
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
             np.random.seed(seed)

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import build_checkpointer
 from ..data import EVALUATOR_TYPE, build_mapper, cityscapes_root, load_cityscapes_ft_instances
-from ..data.resumable_loader import ResumableTrainLoader, _derived_seed
+from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import ConfigNotRunnable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..utils import atomic_write_json
@@ -160,7 +160,7 @@ class CityscapesFTTrainer(DefaultTrainer):
 
     def seed_step(self):
         """Seed torch, numpy and python random generators from (run seed, rank, iteration)."""
-        seed = _derived_seed(self.run_seed, comm.get_rank(), self.iter)
+        seed = derived_seed(self.run_seed, comm.get_rank(), self.iter)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
