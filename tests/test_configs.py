@@ -27,6 +27,20 @@ def test_every_config_loads_with_8_classes_on_our_datasets(path):
     assert cfg.INPUT.DATASET_MAPPER_NAME == "CityscapesInstanceMapper"
 
 
+@pytest.mark.parametrize("path", NON_BASE, ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_iteration_configs_run_as_written_at_their_own_batch(path):
+    """Rescaling applies only to another batch: a config run as written keeps its numbers."""
+    from cityscapes_ft.engine.schedule import resolve_training_schedule
+
+    cfg = load_config(path)
+    resolved, schedule = resolve_training_schedule(cfg, max(cfg.SOLVER.REFERENCE_WORLD_SIZE, 1), lambda: 2975)
+    assert schedule.lr_scale == 1.0 and resolved.SOLVER.BASE_LR == cfg.SOLVER.BASE_LR
+    assert resolved.SOLVER.WARMUP_ITERS == cfg.SOLVER.WARMUP_ITERS
+    if cfg.CITYSCAPES_FT.SCHEDULE.UNIT == "iterations":
+        assert resolved.SOLVER.MAX_ITER == cfg.SOLVER.MAX_ITER
+        assert tuple(resolved.SOLVER.STEPS) == tuple(cfg.SOLVER.STEPS)
+
+
 def test_cs_ft_is_the_published_recipe():
     cfg = load_config(os.path.join(CONFIGS, "cs_ft.yaml"))
     assert cfg.MODEL.WEIGHTS == (
