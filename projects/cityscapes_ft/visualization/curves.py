@@ -28,8 +28,17 @@ def plot_training_curves(metrics_json: str, out_png: str) -> str:
         axes[0].plot(*series(key), label=key, linewidth=2 if key == "total_loss" else 1)
     axes[0].set_title("losses")
     axes[0].legend(fontsize=7)
-    axes[1].plot(*series("lr"), color="tab:orange")
+    axes[1].plot(*series("lr"), color="tab:orange", label="lr (scheduled)")
+    lr_iters, lr_values = series("lr")
+    for part in ("backbone", "fpn", "heads"):
+        iters, values = series(f"lr/{part}")
+        if values and values != lr_values[: len(values)]:  # only parts with their own multiplier
+            axes[1].plot(iters, values, linestyle="--", label=f"lr/{part}")
+    frozen = [i for i, v in zip(*series("backbone_frozen")) if v]
+    if frozen:
+        axes[1].axvspan(min(frozen), max(frozen) + 1, color="tab:blue", alpha=0.12, label="backbone frozen")
     axes[1].set_title("learning rate")
+    axes[1].legend(fontsize=7)
     for key in eval_keys:
         axes[2].plot(*series(key), marker="o", label=key)
     axes[2].set_title("evaluation (AP, %)" if eval_keys else "evaluation (none logged)")
