@@ -110,3 +110,5 @@ def test_metrics_writer_replaces_what_a_resumed_run_repeats(tmp_path):
     records = read_metrics(path)
     assert [r["iteration"] for r in records] == [0, 1, 2, 3, 4]
     assert [r["loss"] for r in records] == [0.0, 1.0, 2.0, 13.0, 14.0]
+    # every line of the file is a whole record (nothing after the dropped torn line)
+    assert [json.loads(line)["iteration"] for line in open(path)] == [0, 1, 2, 3, 4]

@@ -32,7 +32,7 @@ def lr_trace(out_dir, key="lr"):
 
 def tiny_cfg(out_dir, *opts):
     return load_config(TINY, "OUTPUT_DIR", str(out_dir), "DATASETS.TEST", "()",
-                       "CITYSCAPES_FT.LOG_PERIOD", "1", *opts)
+                       "CITYSCAPES_FT.METRICS_PERIOD", "1", *opts)
 
 
 def train_in_process(cfg, resume=False):
@@ -247,7 +247,7 @@ def test_freezing_in_two_cpu_processes_with_world_size_scaling(synthetic_root, t
     train_net("--num-gpus", "2", "--dist-url", "auto", "OUTPUT_DIR", str(out), "MODEL.WEIGHTS",
               str(tmp_path / "init.pth"), "SOLVER.REFERENCE_WORLD_SIZE", "1", "SOLVER.MAX_ITER", "8",
               "SOLVER.WARMUP_ITERS", "4", "SOLVER.STEPS", "(6,)", "SOLVER.CHECKPOINT_PERIOD", "1",
-              "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "4", "CITYSCAPES_FT.LOG_PERIOD", "1",
+              "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "4", "CITYSCAPES_FT.METRICS_PERIOD", "1",
               "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", datasets=synthetic_root)
     schedule = json.load(open(out / "schedule.json"))
     assert (schedule["ims_per_batch"], schedule["max_iter"], schedule["backbone_freeze_iters"]) == (4, 4, 2)

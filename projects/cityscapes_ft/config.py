@@ -42,9 +42,11 @@ def add_cityscapes_ft_config(cfg):
     # Score threshold for those pictures.
     cfg.CITYSCAPES_FT.VIS_SCORE_THRESH = 0.5
 
-    # Write losses, LRs and timings to the console, metrics.json and TensorBoard every this many
-    # iterations (detectron2 uses 20; 1 records the full LR trace).
+    # Print losses, LRs, timings and ETA to the console every LOG_PERIOD iterations; write them to
+    # metrics.json and TensorBoard every METRICS_PERIOD iterations (1: the full LR trace).
+    # detectron2 does both every 20.
     cfg.CITYSCAPES_FT.LOG_PERIOD = 20
+    cfg.CITYSCAPES_FT.METRICS_PERIOD = 1
 
     # Training schedule. UNIT "iterations" reads SOLVER.MAX_ITER/STEPS as detectron2 does; "epochs"
     # computes them from the lengths below (in passes over the training set after filtering) with

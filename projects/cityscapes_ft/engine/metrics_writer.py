@@ -34,15 +34,18 @@ def read_metrics(path):
 
 
 class AtomicJSONWriter(JSONWriter):
-    """detectron2's JSONWriter (one JSON record per line in metrics.json), but each write replaces
-    the file through a temporary file and a rename. Records from iterations that a resumed run
-    repeats (those after its checkpoint) are replaced, not duplicated."""
+    """detectron2's JSONWriter (one JSON record per line in metrics.json), safe against kills and
+    resumes: its first write replaces the file (through a temporary file and a rename) with the
+    complete records older than the iterations it writes, so records a resumed run repeats (those
+    after its checkpoint) are replaced, not duplicated, and a line torn by a kill is dropped; later
+    writes append whole lines in one write each, so the file stays cheap to write every
+    iteration."""
 
     def __init__(self, json_file, window_size=20):
         super().__init__(os.devnull, window_size)
         super().close()
         self._path = json_file
-        self._records = read_metrics(json_file)
+        self._old_records = read_metrics(json_file)
         self._file_handle = _LineBuffer()
 
     def write(self):
@@ -51,10 +54,16 @@ class AtomicJSONWriter(JSONWriter):
         self._file_handle.lines.clear()
         if not new:
             return
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in new)
+        if self._old_records is None:
+            with open(self._path, "a") as f:
+                f.write(text)
+            return
         first = min(r["iteration"] for r in new)
-        self._records = [r for r in self._records if r.get("iteration", -1) < first] + new
+        kept = [r for r in self._old_records if r.get("iteration", -1) < first]
         with atomic_open(self._path, "w") as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self._records))
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept) + text)
+        self._old_records = None
 
     def close(self):
         pass

@@ -205,8 +205,14 @@ class CityscapesFTTrainer(DefaultTrainer):
                     ret.insert(i, StagedBackboneFreeze(freeze.ITERS, include_fpn=freeze.INCLUDE_FPN))
                 break
         for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.PeriodicWriter):
-                hook._period = self.cfg.CITYSCAPES_FT.LOG_PERIOD  # detectron2 fixes it at 20
+            if isinstance(hook, hooks.PeriodicWriter):  # detectron2 writes all every 20 iterations
+                console = [w for w in hook._writers if isinstance(w, CommonMetricPrinter)]
+                files = [w for w in hook._writers if not isinstance(w, CommonMetricPrinter)]
+                ret[i:i + 1] = [
+                    hooks.PeriodicWriter(files, period=self.cfg.CITYSCAPES_FT.METRICS_PERIOD),
+                    hooks.PeriodicWriter(console, period=self.cfg.CITYSCAPES_FT.LOG_PERIOD),
+                ]
+                break
         # Evaluation that also records which iteration and checkpoint it measured.
         for i, hook in enumerate(ret):
             if isinstance(hook, hooks.EvalHook):

@@ -15,7 +15,7 @@ EVAL_KEYS = ("cityscapes/AP", "cityscapes/AP50", "bbox/AP", "segm/AP")
 def plot_training_curves(metrics_json: str, out_png: str) -> str:
     records = read_metrics(metrics_json)
     if not records:
-        raise CityscapesFTError(f"No training records in {metrics_json}: has the run logged 20 iterations?")
+        raise CityscapesFTError(f"No training records in {metrics_json}: has the run written any (every CITYSCAPES_FT.METRICS_PERIOD iterations)?")
 
     def series(key):
         points = [(r["iteration"], r[key]) for r in records if key in r]
