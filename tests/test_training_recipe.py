@@ -418,6 +418,49 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(citys
     assert ckpt["trainer"]["data"]["batches_consumed"] == 7 * accumulation
 
 
+def test_kill_9_of_a_two_process_run_then_resume_ends_as_if_never_stopped(synthetic_root, tmp_path):
+    """The launcher killed with SIGKILL takes its workers with it (orphans would train on and write
+    checkpoints beside the resumed run); --resume in the frozen phase ends with the weights of an
+    uninterrupted two-process run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    opts = ["--num-gpus", "2", "--dist-url", "auto", "CITYSCAPES_FT.SCHEDULE.UNIT", "epochs",
+            "CITYSCAPES_FT.SCHEDULE.MAX_EPOCHS", "6", "CITYSCAPES_FT.SCHEDULE.STEPS_EPOCHS", "(5,)",
+            "SOLVER.WARMUP_ITERS", "4", "SOLVER.CHECKPOINT_PERIOD", "1", "CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS", "3",
+            "SOLVER.REFERENCE_WORLD_SIZE", "1", "SEED", "5", "DATASETS.TEST", "()"]
+    reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    train_net(*opts, "OUTPUT_DIR", str(reference), datasets=synthetic_root)
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="2")
+    cmd = [sys.executable, os.path.join("tools", "train_net.py"), "--config-file", TINY] + opts
+    # Started as `nohup ... &` starts it: SIGINT ignored, so torch's own parent-death SIGINT is too.
+    proc = subprocess.Popen(cmd + ["OUTPUT_DIR", str(killed)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "model_0000002.pth").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    written = sorted(p.name for p in killed.glob("model_*.pth"))
+    time.sleep(3)
+    assert sorted(p.name for p in killed.glob("model_*.pth")) == written, "workers outlived the launcher"
+    assert "model_final.pth" not in written
+    stopped_at = torch.load(killed / open(killed / "last_checkpoint").read().strip(), map_location="cpu",
+                            weights_only=False)["iteration"]
+    assert stopped_at < 5  # 12 iterations, frozen until 6: resumed inside the frozen phase
+    train_net("--resume", *opts, "OUTPUT_DIR", str(killed), datasets=synthetic_root)
+    assert f"Starting training from iteration {stopped_at + 1}" in open(killed / "log.txt").read()
+    a, b = load_model_state(reference / "model_final.pth"), load_model_state(killed / "model_final.pth")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_resumed_data_stream_continues_rather_than_restarts():
     from cityscapes_ft.data.resumable_loader import ResumableTrainLoader
 

@@ -5,8 +5,11 @@ users could not run distributed training. This launcher keeps its calling conven
 (`launch(main, num_gpus_per_machine, num_machines, machine_rank, dist_url, args)`); with no CUDA
 it starts `num_gpus_per_machine` CPU processes over gloo instead.
 """
+import ctypes
+import ctypes.util
 import logging
 import os
+import signal
 import socket
 import sys
 from datetime import timedelta
@@ -56,14 +59,28 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     mp.start_processes(
         _distributed_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, backend, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        args=(main_func, backend, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout,
+              os.getpid()),
         daemon=False,
         start_method="spawn",
     )
 
 
+def _die_with_parent(parent_pid):
+    """A `kill -9` of the launching process must stop its workers too: left running, they would
+    train on and keep writing checkpoints beside a `--resume` of the same run (Linux only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the launcher died before the line above
+        os._exit(1)
+
+
 def _distributed_worker(local_rank, main_func, backend, world_size, num_gpus_per_machine,
-                        machine_rank, dist_url, args, timeout):
+                        machine_rank, dist_url, args, timeout, parent_pid):
+    _die_with_parent(parent_pid)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     else:
