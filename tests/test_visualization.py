@@ -133,6 +133,10 @@ def test_training_leaves_curves_report_and_tensorboard_events(trained):
     html = open(os.path.join(out, "report.html")).read()
     assert "Official Cityscapes metric" in html and "COCO-style mask AP" in html
     assert html.count("data:image/png;base64,") == 3  # curves + 2 pictures, all embedded
+    # the schedule the run resolved: 4 iterations of batch 2 over the 8 training images
+    assert "Training schedule" in html
+    assert "<td>max iterations</td><td>4 (1.00 epochs)</td>" in html
+    assert "<td>training images (after filtering)</td><td>8</td>" in html
 
 
 def _chromium():

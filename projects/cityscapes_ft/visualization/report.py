@@ -40,6 +40,30 @@ def _tables(results, class_names):
     return "\n".join(out)
 
 
+def _schedule_table(schedule):
+    """The resolved schedule (OUTPUT_DIR/schedule.json) as rows of what / value."""
+    ipe = schedule.get("iters_per_epoch")
+
+    def with_epochs(iters):
+        return f"{iters} ({iters / ipe:.2f} epochs)" if ipe else str(iters)
+
+    per_process = schedule["ims_per_batch"] // (schedule["world_size"] * schedule["accumulation_steps"])
+    rows = [
+        ("training images (after filtering)", schedule["dataset_size"]),
+        ("global batch", f"{schedule['ims_per_batch']} = {schedule['world_size']} process(es) x "
+                         f"{per_process} x {schedule['accumulation_steps']} accumulation step(s)"),
+        ("iterations per epoch", f"{ipe:.2f}" if ipe else "unknown"),
+        ("base LR", f"{schedule['base_lr']:g} (x{schedule['lr_scale']:g}, {schedule['lr_scaling']} from "
+                    f"batch {schedule['reference_ims_per_batch']})"),
+        ("warmup", f"{with_epochs(schedule['warmup_iters'])} from {schedule['warmup_factor']} x LR"),
+        (f"LR steps (x{schedule['gamma']})", ", ".join(with_epochs(s) for s in schedule["steps"]) or "none"),
+        ("max iterations", with_epochs(schedule["max_iter"])),
+        ("backbone frozen for", with_epochs(schedule["backbone_freeze_iters"])),
+    ]
+    return ("<table class='schedule'>" + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>")
+
+
 def _fmt(v):
     return "nan" if v is None or v != v else f"{v:.2f}"
 
@@ -61,6 +85,12 @@ def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str
     if os.path.isfile(metrics) and os.path.getsize(metrics):
         curves = plot_training_curves(metrics, os.path.join(output_dir, "training_curves.png"))
         parts.append("<h2>Training curves</h2>" + _img(curves, "training curves"))
+    schedule = os.path.join(output_dir, "schedule.json")
+    if os.path.isfile(schedule):
+        with open(schedule) as f:
+            resolved = json.load(f)
+        parts.append(f"<h2>Training schedule (stated in {html.escape(resolved['unit'])})</h2>")
+        parts.append(_schedule_table(resolved))
     pictures = sorted(glob.glob(os.path.join(output_dir, "predictions", "*.png")))[:max_pictures]
     if pictures:
         parts.append("<h2>Predictions (top) and ground truth (bottom)</h2>")
