@@ -33,7 +33,7 @@ def test_iteration_configs_run_as_written_at_their_own_batch(path):
     from cityscapes_ft.engine.schedule import resolve_training_schedule
 
     cfg = load_config(path)
-    resolved, schedule = resolve_training_schedule(cfg, max(cfg.SOLVER.REFERENCE_WORLD_SIZE, 1), lambda: 2975)
+    resolved, schedule = resolve_training_schedule(cfg, max(cfg.SOLVER.REFERENCE_WORLD_SIZE, 1), 2975)
     assert schedule.lr_scale == 1.0 and resolved.SOLVER.BASE_LR == cfg.SOLVER.BASE_LR
     assert resolved.SOLVER.WARMUP_ITERS == cfg.SOLVER.WARMUP_ITERS
     if cfg.CITYSCAPES_FT.SCHEDULE.UNIT == "iterations":
@@ -62,7 +62,7 @@ def test_cs_ft_is_the_published_recipe():
     assert sched.REFERENCE_IMS_PER_BATCH == 8
     from cityscapes_ft.engine.schedule import resolve_training_schedule
 
-    resolved, schedule = resolve_training_schedule(cfg, 1, lambda: 2975)  # gtFine train size
+    resolved, schedule = resolve_training_schedule(cfg, 1, 2975)  # gtFine train size
     assert resolved.SOLVER.MAX_ITER == 23800 and tuple(resolved.SOLVER.STEPS) == (20825,)
     assert resolved.SOLVER.BASE_LR == 0.01 and resolved.SOLVER.WARMUP_ITERS == 500
     assert schedule.iters_per_epoch == 2975 / 8
@@ -72,7 +72,7 @@ def test_paper_config_is_the_mask_rcnn_papers_4k_fine_tune():
     from cityscapes_ft.engine.schedule import resolve_training_schedule
 
     cfg = load_config(os.path.join(CONFIGS, "cs_ft_paper_4k.yaml"))
-    resolved, _ = resolve_training_schedule(cfg, 1, lambda: 2975)
+    resolved, _ = resolve_training_schedule(cfg, 1, 2975)
     assert resolved.SOLVER.MAX_ITER == 4000 and tuple(resolved.SOLVER.STEPS) == (3000,)
     assert resolved.SOLVER.IMS_PER_BATCH == 8 and resolved.SOLVER.BASE_LR == 0.01
     assert resolved.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS and resolved.MODEL.WEIGHTS.endswith(".pkl")

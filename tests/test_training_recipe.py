@@ -60,7 +60,7 @@ def test_epochs_convert_to_iterations_from_dataset_size_and_global_batch():
                       "CITYSCAPES_FT.SCHEDULE.CHECKPOINT_PERIOD_EPOCHS", "2",
                       "CITYSCAPES_FT.SCHEDULE.EVAL_PERIOD_EPOCHS", "4",
                       "CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS", "1.5", "SOLVER.IMS_PER_BATCH", "4")
-    resolved, schedule = resolve_training_schedule(cfg, 1, lambda: 30)
+    resolved, schedule = resolve_training_schedule(cfg, 1, 30)
     # 30 images / 4 per step = 7.5 iterations per epoch, rounded up where fractional
     assert resolved.SOLVER.MAX_ITER == 60
     assert tuple(resolved.SOLVER.STEPS) == (38, 53)
@@ -72,13 +72,13 @@ def test_epochs_convert_to_iterations_from_dataset_size_and_global_batch():
                   "max iterations: 60 (8.00 epochs)", "38 (5.07 epochs)", "base LR: 0.005"):
         assert piece in text, piece
     # resolving the resolved config changes nothing
-    again, _ = resolve_training_schedule(resolved, 1, lambda: 30)
+    again, _ = resolve_training_schedule(resolved, 1, 30)
     assert again == resolved
 
 
 def test_world_size_scaling_keeps_per_process_batch_and_scales_lr_and_lengths():
     cfg = load_config(os.path.join(CONFIGS, "cs_ft_paper_4k.yaml"), "SOLVER.REFERENCE_WORLD_SIZE", "8")
-    resolved, schedule = resolve_training_schedule(cfg, 4, lambda: 2975)
+    resolved, schedule = resolve_training_schedule(cfg, 4, 2975)
     assert resolved.SOLVER.IMS_PER_BATCH == 4  # 1 image per process, 4 processes
     assert resolved.SOLVER.BASE_LR == pytest.approx(0.005)
     assert resolved.SOLVER.MAX_ITER == 8000 and tuple(resolved.SOLVER.STEPS) == (6000,)
@@ -87,7 +87,7 @@ def test_world_size_scaling_keeps_per_process_batch_and_scales_lr_and_lengths():
     assert schedule.lr_scale == pytest.approx(0.5) and schedule.world_size == 4
     # the epoch recipe keeps its passes over the data; only LR and warmup follow the batch
     cfg = load_config(os.path.join(CONFIGS, "cs_ft.yaml"), "SOLVER.REFERENCE_WORLD_SIZE", "8")
-    resolved, _ = resolve_training_schedule(cfg, 16, lambda: 2975)
+    resolved, _ = resolve_training_schedule(cfg, 16, 2975)
     assert resolved.SOLVER.IMS_PER_BATCH == 16 and resolved.SOLVER.BASE_LR == pytest.approx(0.02)
     assert resolved.SOLVER.MAX_ITER == 11900 and tuple(resolved.SOLVER.STEPS) == (10413,)
     assert resolved.SOLVER.WARMUP_ITERS == 250
@@ -95,20 +95,20 @@ def test_world_size_scaling_keeps_per_process_batch_and_scales_lr_and_lengths():
 
 def test_batch_change_against_the_reference_batch_scales_by_the_configured_rule():
     base = os.path.join(CONFIGS, "cs_ft.yaml")
-    resolved, _ = resolve_training_schedule(load_config(base, "SOLVER.IMS_PER_BATCH", "32"), 8, lambda: 2975)
+    resolved, _ = resolve_training_schedule(load_config(base, "SOLVER.IMS_PER_BATCH", "32"), 8, 2975)
     assert resolved.SOLVER.BASE_LR == pytest.approx(0.04) and resolved.SOLVER.MAX_ITER == 5950
     resolved, _ = resolve_training_schedule(
         load_config(base, "SOLVER.IMS_PER_BATCH", "32", "CITYSCAPES_FT.SCHEDULE.LR_SCALING", "sqrt"),
-        8, lambda: 2975)
+        8, 2975)
     assert resolved.SOLVER.BASE_LR == pytest.approx(0.02)
     resolved, _ = resolve_training_schedule(
         load_config(base, "SOLVER.IMS_PER_BATCH", "32", "CITYSCAPES_FT.SCHEDULE.LR_SCALING", "none"),
-        8, lambda: 2975)
+        8, 2975)
     assert resolved.SOLVER.BASE_LR == pytest.approx(0.01)
     # iteration mode: lengths are stated at the reference batch
     resolved, _ = resolve_training_schedule(
         load_config(os.path.join(CONFIGS, "cs_ft_paper_4k.yaml"), "SOLVER.IMS_PER_BATCH", "16"),
-        1, lambda: 2975)
+        1, 2975)
     assert resolved.SOLVER.MAX_ITER == 2000 and tuple(resolved.SOLVER.STEPS) == (1500,)
     assert resolved.SOLVER.BASE_LR == pytest.approx(0.02) and resolved.SOLVER.WARMUP_ITERS == 250
 
@@ -116,14 +116,14 @@ def test_batch_change_against_the_reference_batch_scales_by_the_configured_rule(
 def test_schedule_mistakes_are_named():
     base = os.path.join(CONFIGS, "cs_ft.yaml")
     with pytest.raises(ConfigNotRunnable, match="STEPS_EPOCHS"):
-        resolve_training_schedule(load_config(base, "CITYSCAPES_FT.SCHEDULE.STEPS_EPOCHS", "(64,)"), 1, lambda: 10)
+        resolve_training_schedule(load_config(base, "CITYSCAPES_FT.SCHEDULE.STEPS_EPOCHS", "(64,)"), 1, 10)
     with pytest.raises(ConfigNotRunnable, match="UNIT"):
-        resolve_training_schedule(load_config(base, "CITYSCAPES_FT.SCHEDULE.UNIT", "epoch"), 1, lambda: 10)
+        resolve_training_schedule(load_config(base, "CITYSCAPES_FT.SCHEDULE.UNIT", "epoch"), 1, 10)
     with pytest.raises(ConfigNotRunnable, match="GRADIENT_ACCUMULATION_STEPS"):
         resolve_training_schedule(load_config(base, "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", "3"), 1,
-                                  lambda: 10)
+                                  10)
     with pytest.raises(ConfigNotRunnable, match="no training images"):
-        resolve_training_schedule(load_config(base), 1, lambda: 0)
+        resolve_training_schedule(load_config(base), 1, 0)
     with pytest.raises(ConfigNotRunnable, match="CITYSCAPES_FT.SCHEDULE.UNIT iterations"):
         check_no_overridden_computed_keys(load_config(base), ["SOLVER.MAX_ITER", "100"])
 

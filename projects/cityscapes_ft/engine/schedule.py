@@ -2,7 +2,7 @@
 the run's global batch, and a summary that the trainer logs and writes next to the checkpoints."""
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 from ..errors import ConfigNotRunnable
 
@@ -72,13 +72,13 @@ class TrainingSchedule:
         return "\n".join(lines)
 
 
-def resolve_training_schedule(cfg, world_size: int, dataset_size: Callable[[], int]):
+def resolve_training_schedule(cfg, world_size: int, dataset_size: int):
     """Returns (cfg, TrainingSchedule): a copy of cfg whose SOLVER/TEST/CITYSCAPES_FT iteration
     values are the ones to run with `world_size` processes. Idempotent: the returned config states
     everything in iterations at its own batch, so resolving it again changes nothing.
 
-    dataset_size: called once to count the training images after filtering (epochs need it; in
-    iteration mode it is only reported)."""
+    dataset_size: the number of training images after filtering (epochs need it; in iteration
+    mode it is only reported)."""
     cfg = cfg.clone()
     cfg.defrost()
     sched, solver = cfg.CITYSCAPES_FT.SCHEDULE, cfg.SOLVER
@@ -119,7 +119,7 @@ def resolve_training_schedule(cfg, world_size: int, dataset_size: Callable[[], i
     solver.BASE_LR = solver.BASE_LR * lr_scale
     solver.WARMUP_ITERS = fewer(solver.WARMUP_ITERS)
     freeze = cfg.CITYSCAPES_FT.BACKBONE_FREEZE
-    size = dataset_size()
+    size = dataset_size
     if sched.UNIT == "epochs":
         if sched.MAX_EPOCHS <= 0:
             raise ConfigNotRunnable(

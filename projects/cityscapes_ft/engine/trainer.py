@@ -86,15 +86,15 @@ class CityscapesFTTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg, self.schedule = resolve_training_schedule(
-            cfg, comm.get_world_size(), lambda: len(self.build_train_dataset_dicts(cfg))
-        )
+        # Loaded once: their number sets an epoch-based schedule, and the loader samples them.
+        train_dicts = self.build_train_dataset_dicts(cfg)
+        cfg, self.schedule = resolve_training_schedule(cfg, comm.get_world_size(), len(train_dicts))
         logger.info(self.schedule.format())
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "schedule.json"), self.schedule.as_dict())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(cfg, dataset_dicts=train_dicts)
         model = wrap_for_distributed(model)
         self._trainer = GradientAccumulationTrainer(
             model, data_loader, optimizer,
@@ -247,9 +247,10 @@ class CityscapesFTTrainer(DefaultTrainer):
         return load_train_dicts_skipping_bad(cfg)
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        """A ResumableTrainLoader: this process's share of SOLVER.IMS_PER_BATCH / accumulation
-        steps per batch, aspect-ratio grouped, resumable at the batch where a checkpoint stopped."""
+    def build_train_loader(cls, cfg, dataset_dicts=None):
+        """A ResumableTrainLoader over dataset_dicts (default: build_train_dataset_dicts(cfg)):
+        this process's share of SOLVER.IMS_PER_BATCH / accumulation steps per batch, aspect-ratio
+        grouped, resumable at the batch where a checkpoint stopped."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             raise ConfigNotRunnable(
                 f"DATALOADER.SAMPLER_TRAIN is '{cfg.DATALOADER.SAMPLER_TRAIN}'; cityscapes-ft's "
@@ -264,7 +265,8 @@ class CityscapesFTTrainer(DefaultTrainer):
             )
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return ResumableTrainLoader(
-            cls.build_train_dataset_dicts(cfg), build_mapper(cfg, is_train=True),
+            cls.build_train_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts,
+            build_mapper(cfg, is_train=True),
             batch_size=cfg.SOLVER.IMS_PER_BATCH // per_step, seed=seed, rank=comm.get_rank(),
             world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
