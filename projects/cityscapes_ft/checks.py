@@ -69,13 +69,6 @@ def check_config_runnable(cfg):
             f"CITYSCAPES_FT.ON_BAD_SAMPLE is '{cfg.CITYSCAPES_FT.ON_BAD_SAMPLE}'; expected 'error' "
             "(stop at the first bad training sample) or 'skip' (leave bad samples out, logged)"
         )
-    # (In epoch mode they are computed, and checked after the conversion.)
-    late = [s for s in cfg.SOLVER.STEPS if s >= cfg.SOLVER.MAX_ITER]
-    if late and cfg.CITYSCAPES_FT.SCHEDULE.UNIT != "epochs":
-        raise ConfigNotRunnable(
-            f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} must all be smaller than SOLVER.MAX_ITER "
-            f"({cfg.SOLVER.MAX_ITER}); lower the steps or raise MAX_ITER"
-        )
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:

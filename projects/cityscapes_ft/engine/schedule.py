@@ -173,15 +173,18 @@ def resolve_training_schedule(cfg, world_size: int, dataset_size: int):
         backbone_freeze_iters=freeze.ITERS,
     )
     # The resolved form: iterations at this batch, so that resolving again is a no-op.
+    sched_unit = sched.UNIT
     sched.UNIT = "iterations"
     sched.REFERENCE_IMS_PER_BATCH = batch
     freeze.EPOCHS = 0.0
+    # The one check of steps against the length, on the values this run uses (computed from
+    # epochs, or rescaled to its batch).
     late = [s for s in solver.STEPS if s >= solver.MAX_ITER]
     if late:
         raise ConfigNotRunnable(
             f"SOLVER.STEPS {tuple(solver.STEPS)} must all be smaller than SOLVER.MAX_ITER "
-            f"({solver.MAX_ITER}) after the schedule's conversion; lower the steps or lengthen "
-            "the run"
+            f"({solver.MAX_ITER}) as this run resolves them ({sched_unit} at global batch "
+            f"{batch}); lower the steps or lengthen the run"
         )
     return cfg, schedule
 
