@@ -136,7 +136,7 @@ def test_training_leaves_curves_report_and_tensorboard_events(trained):
     # the schedule the run resolved: 4 iterations of batch 2 over the 8 training images
     assert "Training schedule" in html
     assert "<td>max iterations</td><td>4 (1.00 epochs)</td>" in html
-    assert "<td>training images (after filtering)</td><td>8</td>" in html
+    assert "<td>training images after filtering</td><td>8</td>" in html
 
 
 def _chromium():

@@ -1,7 +1,7 @@
 """The training schedule a run actually uses: epochs converted to iterations, the recipe rescaled to
 the run's global batch, and a summary that the trainer logs and writes next to the checkpoints."""
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
 
 from ..errors import ConfigNotRunnable
@@ -48,28 +48,38 @@ class TrainingSchedule:
     def as_dict(self) -> dict:
         return dict(asdict(self), iters_per_epoch=self.iters_per_epoch)
 
-    def format(self) -> str:
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingSchedule":
+        """From as_dict()'s output (OUTPUT_DIR/schedule.json)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    def rows(self):
+        """(what, value) pairs: the start-of-training log and the run report show these."""
         per_process = self.ims_per_batch // (self.world_size * self.accumulation_steps)
-        steps = ", ".join(f"{s} ({self.epochs(s)})" for s in self.steps) or "none"
         ipe = self.iters_per_epoch
-        lines = [
-            f"Training schedule (stated in {self.unit}):",
-            f"  training images after filtering: {self.dataset_size}",
-            f"  global batch: {self.ims_per_batch} images per optimizer step = {self.world_size} "
-            f"process(es) x {per_process} image(s) x {self.accumulation_steps} accumulation step(s)",
-            f"  iterations per epoch: {ipe:.2f}" if ipe else "  iterations per epoch: unknown",
-            f"  warmup: {self.warmup_iters} iterations ({self.epochs(self.warmup_iters)}) from "
-            f"{self.warmup_factor} x LR",
-            f"  LR steps (x{self.gamma}): {steps}",
-            f"  max iterations: {self.max_iter} ({self.epochs(self.max_iter)})",
-            f"  base LR: {self.base_lr:g} (= config LR x {self.lr_scale:g}: {self.lr_scaling} "
-            f"scaling from reference batch {self.reference_ims_per_batch} to {self.ims_per_batch})",
-            f"  backbone frozen for the first {self.backbone_freeze_iters} iterations",
-            f"  checkpoint every {self.checkpoint_period} iterations; "
-            + (f"evaluate every {self.eval_period} iterations" if self.eval_period
-               else "evaluate at the end only"),
+
+        def iters(n):
+            return f"{n} ({self.epochs(n)})"
+
+        return [
+            ("training images after filtering", self.dataset_size),
+            ("global batch", f"{self.ims_per_batch} images per optimizer step = {self.world_size} "
+                             f"process(es) x {per_process} image(s) x {self.accumulation_steps} "
+                             "accumulation step(s)"),
+            ("iterations per epoch", f"{ipe:.2f}" if ipe else "unknown"),
+            ("warmup iterations", f"{iters(self.warmup_iters)} from {self.warmup_factor} x LR"),
+            (f"LR steps (x{self.gamma})", ", ".join(iters(s) for s in self.steps) or "none"),
+            ("max iterations", iters(self.max_iter)),
+            ("base LR", f"{self.base_lr:g} (= config LR x {self.lr_scale:g}: {self.lr_scaling} scaling "
+                        f"from reference batch {self.reference_ims_per_batch} to {self.ims_per_batch})"),
+            ("backbone frozen, iterations", iters(self.backbone_freeze_iters)),
+            ("checkpoints", f"every {self.checkpoint_period} iterations"),
+            ("evaluation", f"every {self.eval_period} iterations" if self.eval_period else "at the end only"),
         ]
-        return "\n".join(lines)
+
+    def format(self) -> str:
+        return "\n".join([f"Training schedule (stated in {self.unit}):"]
+                         + [f"  {what}: {value}" for what, value in self.rows()])
 
 
 def resolve_training_schedule(cfg, world_size: int, dataset_size: int):

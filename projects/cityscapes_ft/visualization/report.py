@@ -5,6 +5,7 @@ import html
 import json
 import os
 
+from ..engine.schedule import TrainingSchedule
 from ..utils import atomic_open
 from .curves import plot_training_curves
 
@@ -41,27 +42,10 @@ def _tables(results, class_names):
 
 
 def _schedule_table(schedule):
-    """The resolved schedule (OUTPUT_DIR/schedule.json) as rows of what / value."""
-    ipe = schedule.get("iters_per_epoch")
-
-    def with_epochs(iters):
-        return f"{iters} ({iters / ipe:.2f} epochs)" if ipe else str(iters)
-
-    per_process = schedule["ims_per_batch"] // (schedule["world_size"] * schedule["accumulation_steps"])
-    rows = [
-        ("training images (after filtering)", schedule["dataset_size"]),
-        ("global batch", f"{schedule['ims_per_batch']} = {schedule['world_size']} process(es) x "
-                         f"{per_process} x {schedule['accumulation_steps']} accumulation step(s)"),
-        ("iterations per epoch", f"{ipe:.2f}" if ipe else "unknown"),
-        ("base LR", f"{schedule['base_lr']:g} (x{schedule['lr_scale']:g}, {schedule['lr_scaling']} from "
-                    f"batch {schedule['reference_ims_per_batch']})"),
-        ("warmup", f"{with_epochs(schedule['warmup_iters'])} from {schedule['warmup_factor']} x LR"),
-        (f"LR steps (x{schedule['gamma']})", ", ".join(with_epochs(s) for s in schedule["steps"]) or "none"),
-        ("max iterations", with_epochs(schedule["max_iter"])),
-        ("backbone frozen for", with_epochs(schedule["backbone_freeze_iters"])),
-    ]
+    """The resolved schedule (OUTPUT_DIR/schedule.json), as the training log states it."""
     return ("<table class='schedule'>" + "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>")
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in TrainingSchedule.from_dict(schedule).rows()) + "</table>")
 
 
 def _fmt(v):
