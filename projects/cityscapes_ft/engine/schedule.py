@@ -15,6 +15,16 @@ LR_SCALING_RULES = {
 EPOCH_MODE_COMPUTED_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS")
 
 
+def per_process_batch(ims_per_batch: int, world_size: int, accumulation_steps: int) -> int:
+    """Images per forward pass in each process; refuses a global batch that does not split."""
+    if accumulation_steps < 1 or ims_per_batch % (world_size * accumulation_steps):
+        raise ConfigNotRunnable(
+            f"SOLVER.IMS_PER_BATCH {ims_per_batch} must divide by the number of processes "
+            f"({world_size}) x CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS ({accumulation_steps})"
+        )
+    return ims_per_batch // (world_size * accumulation_steps)
+
+
 @dataclass
 class TrainingSchedule:
     """What the run does, in iterations (= optimizer steps), with where each number came from."""
@@ -55,7 +65,7 @@ class TrainingSchedule:
 
     def rows(self):
         """(what, value) pairs: the start-of-training log and the run report show these."""
-        per_process = self.ims_per_batch // (self.world_size * self.accumulation_steps)
+        per_process = per_process_batch(self.ims_per_batch, self.world_size, self.accumulation_steps)
         ipe = self.iters_per_epoch
 
         def iters(n):
@@ -113,11 +123,7 @@ def resolve_training_schedule(cfg, world_size: int, dataset_size: int):
         batch = configured_batch // solver.REFERENCE_WORLD_SIZE * world_size
         solver.REFERENCE_WORLD_SIZE = world_size
     accumulation = cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
-    if accumulation < 1 or batch % (world_size * accumulation):
-        raise ConfigNotRunnable(
-            f"SOLVER.IMS_PER_BATCH {batch} must divide by the number of processes ({world_size}) "
-            f"x CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS ({accumulation})"
-        )
+    per_process_batch(batch, world_size, accumulation)
     reference = sched.REFERENCE_IMS_PER_BATCH or configured_batch
     ratio = batch / reference
     lr_scale = LR_SCALING_RULES[sched.LR_SCALING](ratio)

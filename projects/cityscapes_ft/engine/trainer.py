@@ -32,7 +32,7 @@ from ..utils import atomic_write_json
 from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer
-from .schedule import resolve_training_schedule
+from .schedule import per_process_batch, resolve_training_schedule
 from .train_loop import GradientAccumulationTrainer
 
 logger = logging.getLogger(__name__)
@@ -257,17 +257,14 @@ class CityscapesFTTrainer(DefaultTrainer):
                 "resumable training loader samples like 'TrainingSampler' (uniform, shuffled) only"
             )
         world = comm.get_world_size()
-        per_step = world * cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
-        if cfg.SOLVER.IMS_PER_BATCH % per_step:
-            raise ConfigNotRunnable(
-                f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must divide by the number of "
-                f"processes x CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS ({per_step})"
-            )
+        batch_size = per_process_batch(
+            cfg.SOLVER.IMS_PER_BATCH, world, cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
+        )
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return ResumableTrainLoader(
             cls.build_train_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts,
             build_mapper(cfg, is_train=True),
-            batch_size=cfg.SOLVER.IMS_PER_BATCH // per_step, seed=seed, rank=comm.get_rank(),
+            batch_size=batch_size, seed=seed, rank=comm.get_rank(),
             world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
