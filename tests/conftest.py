@@ -1,9 +1,32 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+TINY = os.path.join(CONFIGS, "quick_schedules", "cs_ft_cpu_tiny.yaml")
+# cs_ft.yaml's R50-FPN at CPU test size: tiny images, no COCO download, no loader workers.
+CS_FT_ON_CPU = ("MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TRAIN", "(96,)",
+                "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "192",
+                "DATALOADER.NUM_WORKERS", "0", "SOLVER.CLIP_GRADIENTS.ENABLED", "True")
+
+
+def run(args, datasets, timeout=600, expect_ok=True, env=None):
+    """Run `python args...` in the repository with DETECTRON2_DATASETS=datasets."""
+    env = dict(os.environ, DETECTRON2_DATASETS=datasets, OMP_NUM_THREADS="2", **(env or {}))
+    proc = subprocess.run(
+        [sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def train_net(*args, config=TINY, **kw):
+    """tools/train_net.py --config-file config args..."""
+    return run([os.path.join("tools", "train_net.py"), "--config-file", config] + list(args), **kw)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,8 +62,6 @@ def load_config(path, *opts):
 def trained(synthetic_root, tmp_path_factory):
     """A 4-iteration CPU training run through tools/train_net.py (evaluated at its end, with 2
     prediction pictures and the run report): (output dir, finished process)."""
-    from test_train_net_cli import train_net
-
     out = str(tmp_path_factory.mktemp("train"))
     proc = train_net("OUTPUT_DIR", out, "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "4",
                      "CITYSCAPES_FT.VIS_NUM_IMAGES", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",

@@ -5,13 +5,18 @@ import tempfile
 import torch
 from detectron2.data import MetadataCatalog
 
+from .config import LR_SCALING_RULES
+from .data import MAPPER_REGISTRY
 from .errors import ConfigNotRunnable
 
 
 def detectron2_has_compiled_ops() -> bool:
-    """False when detectron2 was built without its C++ extension (install/detectron2_C_stub.py)."""
-    from detectron2 import _C
-
+    """False when detectron2 was built without its C++ extension: our stand-in
+    (install/detectron2_C_stub.py) answers the import, or (upstream detectron2) nothing does."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
     return not getattr(_C, "BUILT_WITHOUT_EXTENSION", False)
 
 
@@ -42,7 +47,34 @@ def check_output_dir_writable(output_dir: str):
         ) from e
 
 
+def _check_choice(key, value, choices, meaning=""):
+    if value not in choices:
+        raise ConfigNotRunnable(
+            f"{key} is {value!r}; expected one of {', '.join(repr(c) for c in choices)}{meaning}"
+        )
+
+
 def check_config_runnable(cfg):
+    """Every check of a loaded config, before any work: one ConfigNotRunnable naming the key."""
+    ft = cfg.CITYSCAPES_FT
+    _check_choice("CITYSCAPES_FT.SCHEDULE.UNIT", ft.SCHEDULE.UNIT, ("iterations", "epochs"))
+    _check_choice("CITYSCAPES_FT.SCHEDULE.LR_SCALING", ft.SCHEDULE.LR_SCALING, tuple(LR_SCALING_RULES))
+    _check_choice("CITYSCAPES_FT.ON_BAD_SAMPLE", ft.ON_BAD_SAMPLE, ("error", "skip"),
+                  " (stop at the first bad training sample, or leave bad samples out, logged)")
+    _check_choice("CITYSCAPES_FT.BEST_CHECKPOINT_MODE", ft.BEST_CHECKPOINT_MODE, ("max", "min"))
+    for task in ft.EVAL_TASKS:
+        _check_choice("An entry of CITYSCAPES_FT.EVAL_TASKS", task, ("cityscapes", "bbox", "segm"),
+                      " (official Cityscapes mask AP, COCO box AP, COCO mask AP)")
+    _check_choice("INPUT.DATASET_MAPPER_NAME", cfg.INPUT.DATASET_MAPPER_NAME,
+                  tuple(name for name, _ in MAPPER_REGISTRY), " (cityscapes_ft.data.MAPPER_REGISTRY)")
+    _check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, ("TrainingSampler",),
+                  ": cityscapes-ft's resumable training loader samples uniformly, shuffled")
+    for key, value in (("CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", ft.GRADIENT_ACCUMULATION_STEPS),
+                       ("CITYSCAPES_FT.LOG_PERIOD", ft.LOG_PERIOD),
+                       ("CITYSCAPES_FT.METRICS_PERIOD", ft.METRICS_PERIOD),
+                       ("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH)):
+        if value < 1:
+            raise ConfigNotRunnable(f"{key} is {value}; it must be at least 1")
     needs = ops_needing_extension(cfg)
     if needs and not detectron2_has_compiled_ops():
         raise ConfigNotRunnable(
@@ -63,11 +95,6 @@ def check_config_runnable(cfg):
             f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is '{cfg.MODEL.DEVICE}': mixed precision "
             "training needs CUDA. Use `SOLVER.AMP.ENABLED False` on CPU (or "
             "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS to save memory)"
-        )
-    if cfg.CITYSCAPES_FT.ON_BAD_SAMPLE not in ("error", "skip"):
-        raise ConfigNotRunnable(
-            f"CITYSCAPES_FT.ON_BAD_SAMPLE is '{cfg.CITYSCAPES_FT.ON_BAD_SAMPLE}'; expected 'error' "
-            "(stop at the first bad training sample) or 'skip' (leave bad samples out, logged)"
         )
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         classes = MetadataCatalog.get(name).get("thing_classes")

@@ -1,11 +1,22 @@
 """Config keys that detectron2 lacks. Everything else reuses detectron2's own keys."""
 import difflib
+import math
 import os
+from typing import Dict, List
+
+import yaml
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigNotRunnable
+
+# CITYSCAPES_FT.SCHEDULE.LR_SCALING: the LR factor for a global batch `ratio` times the reference.
+LR_SCALING_RULES = {
+    "linear": lambda ratio: ratio,
+    "sqrt": math.sqrt,
+    "none": lambda ratio: 1.0,
+}
 
 
 def add_cityscapes_ft_config(cfg):
@@ -64,7 +75,9 @@ def add_cityscapes_ft_config(cfg):
     # IMS_PER_BATCH, or --num-gpus with SOLVER.REFERENCE_WORLD_SIZE), the LR is scaled by
     # LR_SCALING ("linear", "sqrt" or "none" of batch / reference) and iteration counts by
     # reference / batch, so the run sees the same number of images. 0: BASE_LR is for the batch
-    # as given (detectron2's REFERENCE_WORLD_SIZE scaling still applies).
+    # as given (detectron2's REFERENCE_WORLD_SIZE scaling still applies). A config file that sets
+    # this key is a recipe: values that a file inheriting it, or the command line, sets are used
+    # exactly as given and never rescaled (explicit_config_keys).
     cfg.CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH = 0
     cfg.CITYSCAPES_FT.SCHEDULE.LR_SCALING = "linear"
 
@@ -108,6 +121,48 @@ def load_cityscapes_ft_cfg(config_file, opts=()):
     return cfg
 
 
+def config_file_chain(config_file) -> List[str]:
+    """The file and its `_BASE_` ancestors, the given file first."""
+    chain = []
+    path = config_file
+    while path:
+        chain.append(path)
+        with open(path) as f:
+            base = (yaml.safe_load(f) or {}).get("_BASE_")
+        if not base:
+            break
+        base = os.path.expanduser(base)
+        path = base if os.path.isabs(base) or "://" in base else os.path.join(os.path.dirname(path), base)
+    return chain
+
+
+def _sets_reference_batch(path) -> bool:
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    schedule = (raw.get("CITYSCAPES_FT") or {}).get("SCHEDULE") or {}
+    return "REFERENCE_IMS_PER_BATCH" in schedule
+
+
+def explicit_config_keys(config_file, opts=()) -> Dict[str, str]:
+    """The keys whose values the user gave, each with where: every KEY of the command-line pairs,
+    and every key that a config file above the recipe changes. The recipe is the file nearest to
+    `config_file` that sets CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH: its numbers, and its
+    bases', are stated for that batch and may be rescaled; a file of the user's that inherits it
+    states values to be used as they are."""
+    explicit = {}
+    chain = config_file_chain(config_file)
+    recipe = next((i for i, path in enumerate(chain) if _sets_reference_batch(path)), 0)
+    if recipe > 0:
+        recipe_cfg, given_cfg = load_cityscapes_ft_cfg(chain[recipe]), load_cityscapes_ft_cfg(config_file)
+        recipe_values = dict(_flat_items(recipe_cfg))
+        for key, value in _flat_items(given_cfg):
+            if recipe_values.get(key) != value:
+                explicit[key] = f"set in {config_file}"
+    for key in list(opts)[0::2]:
+        explicit[str(key)] = "set on the command line"
+    return explicit
+
+
 def _ints_for_float_keys(cfg, opts):
     """`MAX_EPOCHS 8` for a float key: yacs would refuse the int, so pass it as 8.0."""
     out = list(opts)
@@ -121,12 +176,16 @@ def _ints_for_float_keys(cfg, opts):
     return out
 
 
-def _flat_keys(node, prefix=""):
+def _flat_items(node, prefix=""):
     for k, v in node.items():
         if isinstance(v, CN):
-            yield from _flat_keys(v, f"{prefix}{k}.")
+            yield from _flat_items(v, f"{prefix}{k}.")
         else:
-            yield f"{prefix}{k}"
+            yield f"{prefix}{k}", v
+
+
+def _flat_keys(node):
+    return [key for key, _ in _flat_items(node)]
 
 
 def _unknown_key_message(cfg, config_file, opts, error) -> str:

@@ -5,6 +5,7 @@ A COCO checkpoint has 81 classifier rows (80 classes + background, last), 320 bo
 source class (Cityscapes' rider takes person's), instead of starting from random as detectron2 and
 MMDetection do when the class count differs.
 """
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -12,10 +13,13 @@ import torch
 
 from ..errors import WeightsNotAvailable
 
-# Suffixes of the class-specific tensors in detectron2's ROI heads (Cascade stages included).
-CLS_SCORE = ("box_predictor.cls_score.weight", "box_predictor.cls_score.bias")
-BBOX_PRED = ("box_predictor.bbox_pred.weight", "box_predictor.bbox_pred.bias")
-MASK_PRED = ("mask_head.predictor.weight", "mask_head.predictor.bias")
+# The class-specific tensors in detectron2's ROI heads (Cascade's numbered stages included):
+# (rows per class, extra rows after the classes: cls_score's background row).
+CLASS_SPECIFIC = (
+    (re.compile(r"box_predictor(\.\d+)?\.cls_score\.(weight|bias)$"), 1, 1),
+    (re.compile(r"box_predictor(\.\d+)?\.bbox_pred\.(weight|bias)$"), 4, 0),
+    (re.compile(r"mask_head\.predictor\.(weight|bias)$"), 1, 0),
+)
 
 
 class ClassMapError(WeightsNotAvailable):
@@ -83,16 +87,12 @@ def transfer_class_rows(
         return model_state[matches[0]].detach().cpu() if matches else None
 
     for key in list(state_dict):
+        kind = next(((n, e) for pattern, n, e in CLASS_SPECIFIC if pattern.search(key)), None)
+        if kind is None:
+            continue  # class-agnostic (BatchNorm's 0-d num_batches_tracked among them)
+        per_class, extra = kind
         value = state_dict[key]
         rows = value.shape[0]
-        if key.endswith(CLS_SCORE):
-            per_class, extra = 1, 1  # the background row comes last
-        elif key.endswith(BBOX_PRED):
-            per_class, extra = 4, 0
-        elif key.endswith(MASK_PRED):
-            per_class, extra = 1, 0
-        else:
-            continue
         if rows == per_class * num_target + extra or rows == per_class:
             continue  # already the target's size, or class-agnostic
         if rows != per_class * num_source_classes + extra:

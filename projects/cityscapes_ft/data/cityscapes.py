@@ -4,6 +4,8 @@ Each object's mask is what cityscapesscripts' json2instanceImg draws for it: its
 object drawn after it (a later polygon covers earlier ones), so the annotations agree with the
 official ground truth (instanceIds.png) used by the official evaluation.
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -22,7 +24,7 @@ from shapely.ops import unary_union
 from shapely.validation import make_valid
 
 from ..errors import CityscapesDataError
-from ..utils import atomic_open
+from ..utils import atomic_open, cpus_per_local_process
 
 logger = logging.getLogger(__name__)
 
@@ -251,15 +253,29 @@ def load_cityscapes_ft_instances(root: str, split: str, on_bad_sample: str = "er
     files = list_cityscapes_files(root, split, problems)
     cache = _cache_path(root, split, on_bad_sample)
     fingerprint = _fingerprint(files)
-    cached = _read_cache(cache, fingerprint)
-    if cached is not None:
-        dicts, cached_problems = cached
-        if problems is not None:
-            problems.extend(p for p in cached_problems if p not in problems)
-        _log_loaded(dicts, split, root, problems, "from the cache " + cache)
-        return dicts
-    if len(files) >= 64 and (os.cpu_count() or 1) > 1:
-        with mp.get_context("fork").Pool(os.cpu_count()) as pool:
+    # The processes of a run on one machine load the same split at the same moment: the first
+    # parses and writes the cache while the others wait on its lock, then read the cache.
+    with _cache_lock(cache):
+        cached = _read_cache(cache, fingerprint)
+        if cached is not None:
+            dicts, cached_problems = cached
+            if problems is not None:
+                problems.extend(p for p in cached_problems if p not in problems)
+            _log_loaded(dicts, split, root, problems, "from the cache " + cache)
+            return dicts
+        dicts = _parse_files(files, problems)
+        if not dicts:
+            _log_loaded(dicts, split, root, problems, "")
+            raise CityscapesDataError(f"No usable samples in the Cityscapes {split} split at {root}")
+        _write_cache(cache, fingerprint, dicts, problems or [])
+    _log_loaded(dicts, split, root, problems, "")
+    return dicts
+
+
+def _parse_files(files, problems) -> List[Dict]:
+    workers = cpus_per_local_process()
+    if len(files) >= 64 and workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
             parsed = pool.map(_parse_one, files, chunksize=16)
     else:
         parsed = [_parse_one(f) for f in files]
@@ -269,11 +285,6 @@ def load_cityscapes_ft_instances(root: str, split: str, on_bad_sample: str = "er
             _report(problems, CityscapesDataError(error))
         else:
             dicts.append(record)
-    if not dicts:
-        _log_loaded(dicts, split, root, problems, "")
-        raise CityscapesDataError(f"No usable samples in the Cityscapes {split} split at {root}")
-    _write_cache(cache, fingerprint, dicts, problems or [])
-    _log_loaded(dicts, split, root, problems, "")
     return dicts
 
 
@@ -304,6 +315,26 @@ def _fingerprint(files) -> str:
             except OSError:
                 h.update(f"{path}|missing\n".encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _cache_lock(path):
+    """An exclusive lock on the cache entry (no-op without a cache or where locks fail)."""
+    if not path:
+        yield
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = open(path + ".lock", "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
 
 
 def _read_cache(path, fingerprint):

@@ -1,18 +1,12 @@
 """The training schedule a run actually uses: epochs converted to iterations, the recipe rescaled to
 the run's global batch, and a summary that the trainer logs and writes next to the checkpoints."""
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, Mapping, Optional, Tuple
 
+from ..config import LR_SCALING_RULES
 from ..errors import ConfigNotRunnable
 
-LR_SCALING_RULES = {
-    "linear": lambda ratio: ratio,
-    "sqrt": math.sqrt,
-    "none": lambda ratio: 1.0,
-}
-# Keys whose values epoch mode computes; a command-line override of them would be silently lost.
-EPOCH_MODE_COMPUTED_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS")
 
 
 def per_process_batch(ims_per_batch: int, world_size: int, accumulation_steps: int) -> int:
@@ -46,6 +40,9 @@ class TrainingSchedule:
     checkpoint_period: int
     eval_period: int
     backbone_freeze_iters: int
+    # Keys the user set (key -> where), used as given; warnings about derivations they stopped.
+    given: Dict[str, str] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()
 
     @property
     def iters_per_epoch(self) -> Optional[float]:
@@ -61,7 +58,7 @@ class TrainingSchedule:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingSchedule":
         """From as_dict()'s output (OUTPUT_DIR/schedule.json)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def rows(self):
         """(what, value) pairs: the start-of-training log and the run report show these."""
@@ -85,6 +82,7 @@ class TrainingSchedule:
             ("backbone frozen, iterations", iters(self.backbone_freeze_iters)),
             ("checkpoints", f"every {self.checkpoint_period} iterations"),
             ("evaluation", f"every {self.eval_period} iterations" if self.eval_period else "at the end only"),
+            ("used as given", ", ".join(f"{k} ({where})" for k, where in self.given.items()) or "nothing"),
         ]
 
     def format(self) -> str:
@@ -92,25 +90,33 @@ class TrainingSchedule:
                          + [f"  {what}: {value}" for what, value in self.rows()])
 
 
-def resolve_training_schedule(cfg, world_size: int, dataset_size: int):
+def resolve_training_schedule(cfg, world_size: int, dataset_size: Optional[int],
+                              explicit: Mapping[str, str] = None):
     """Returns (cfg, TrainingSchedule): a copy of cfg whose SOLVER/TEST/CITYSCAPES_FT iteration
     values are the ones to run with `world_size` processes. Idempotent: the returned config states
     everything in iterations at its own batch, so resolving it again changes nothing.
 
     dataset_size: the number of training images after filtering (epochs need it; in iteration
-    mode it is only reported)."""
+    mode it is only reported).
+    explicit: key -> where the user set it (config.explicit_config_keys). Those values are used
+    exactly; derivations (epochs to iterations, scaling to another batch) fill only the others,
+    and each derivation an explicit value stops is noted in `schedule.notes`.
+    """
+    explicit = dict(explicit or {})
+    notes = []
     cfg = cfg.clone()
     cfg.defrost()
     sched, solver = cfg.CITYSCAPES_FT.SCHEDULE, cfg.SOLVER
-    if sched.UNIT not in ("iterations", "epochs"):
-        raise ConfigNotRunnable(
-            f"CITYSCAPES_FT.SCHEDULE.UNIT is '{sched.UNIT}'; expected 'iterations' or 'epochs'"
-        )
-    if sched.LR_SCALING not in LR_SCALING_RULES:
-        raise ConfigNotRunnable(
-            f"CITYSCAPES_FT.SCHEDULE.LR_SCALING is '{sched.LR_SCALING}'; expected one of "
-            f"{', '.join(LR_SCALING_RULES)}"
-        )
+    freeze = cfg.CITYSCAPES_FT.BACKBONE_FREEZE
+
+    def choose(key, given, derived):
+        if key not in explicit:
+            return derived
+        if derived != given:
+            notes.append(f"{key} {given} ({explicit[key]}) is used as given; the recipe would give "
+                         f"{derived}")
+        return given
+
     configured_batch = solver.IMS_PER_BATCH
     batch = configured_batch
     # detectron2's REFERENCE_WORLD_SIZE: the per-process batch stays, the global batch follows.
@@ -120,65 +126,69 @@ def resolve_training_schedule(cfg, world_size: int, dataset_size: int):
                 f"SOLVER.IMS_PER_BATCH {configured_batch} does not divide by "
                 f"SOLVER.REFERENCE_WORLD_SIZE {solver.REFERENCE_WORLD_SIZE}"
             )
-        batch = configured_batch // solver.REFERENCE_WORLD_SIZE * world_size
+        derived = configured_batch // solver.REFERENCE_WORLD_SIZE * world_size
+        if "SOLVER.REFERENCE_WORLD_SIZE" in explicit:  # both typed: a per-process batch
+            batch = derived
+        else:
+            batch = choose("SOLVER.IMS_PER_BATCH", configured_batch, derived)
         solver.REFERENCE_WORLD_SIZE = world_size
     accumulation = cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
     per_process_batch(batch, world_size, accumulation)
     reference = sched.REFERENCE_IMS_PER_BATCH or configured_batch
     ratio = batch / reference
     lr_scale = LR_SCALING_RULES[sched.LR_SCALING](ratio)
+    size = dataset_size
 
     def fewer(iters):  # an iteration count stated at the reference batch, at this batch
         return int(round(iters / ratio))
 
+    def from_epochs(epochs, what):
+        if not size:
+            raise ConfigNotRunnable(
+                f"{what} is in epochs, but DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no "
+                "training images after filtering"
+            )
+        return int(math.ceil(epochs * size / batch - 1e-9))
+
     solver.IMS_PER_BATCH = batch
-    solver.BASE_LR = solver.BASE_LR * lr_scale
-    solver.WARMUP_ITERS = fewer(solver.WARMUP_ITERS)
-    freeze = cfg.CITYSCAPES_FT.BACKBONE_FREEZE
-    size = dataset_size
+    solver.BASE_LR = choose("SOLVER.BASE_LR", solver.BASE_LR, solver.BASE_LR * lr_scale)
+    solver.WARMUP_ITERS = choose("SOLVER.WARMUP_ITERS", solver.WARMUP_ITERS, fewer(solver.WARMUP_ITERS))
     if sched.UNIT == "epochs":
-        if sched.MAX_EPOCHS <= 0:
+        if sched.MAX_EPOCHS <= 0 and "SOLVER.MAX_ITER" not in explicit:
             raise ConfigNotRunnable(
                 "CITYSCAPES_FT.SCHEDULE.UNIT is 'epochs' but CITYSCAPES_FT.SCHEDULE.MAX_EPOCHS is "
                 f"{sched.MAX_EPOCHS}; set the training length in epochs"
             )
-        late = [s for s in sched.STEPS_EPOCHS if s >= sched.MAX_EPOCHS]
-        if late:
-            raise ConfigNotRunnable(
-                f"CITYSCAPES_FT.SCHEDULE.STEPS_EPOCHS {tuple(sched.STEPS_EPOCHS)} must all be "
-                f"smaller than MAX_EPOCHS ({sched.MAX_EPOCHS})"
-            )
-        if not size:
-            raise ConfigNotRunnable(
-                f"The schedule is in epochs but DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no "
-                "training images after filtering"
-            )
-
-        def iters(epochs):
-            return int(math.ceil(epochs * size / batch - 1e-9))
-
-        solver.MAX_ITER = iters(sched.MAX_EPOCHS)
-        solver.STEPS = tuple(iters(e) for e in sched.STEPS_EPOCHS)
-        if sched.CHECKPOINT_PERIOD_EPOCHS > 0:
-            solver.CHECKPOINT_PERIOD = max(1, iters(sched.CHECKPOINT_PERIOD_EPOCHS))
-        if sched.EVAL_PERIOD_EPOCHS > 0:
-            cfg.TEST.EVAL_PERIOD = max(1, iters(sched.EVAL_PERIOD_EPOCHS))
-        if freeze.EPOCHS > 0:
-            freeze.ITERS = iters(freeze.EPOCHS)
+        what = "The schedule (CITYSCAPES_FT.SCHEDULE.UNIT epochs)"
+        max_iter = from_epochs(sched.MAX_EPOCHS, what) if sched.MAX_EPOCHS > 0 else solver.MAX_ITER
+        steps = tuple(from_epochs(e, what) for e in sched.STEPS_EPOCHS)
+        checkpoint_period = (max(1, from_epochs(sched.CHECKPOINT_PERIOD_EPOCHS, what))
+                             if sched.CHECKPOINT_PERIOD_EPOCHS > 0 else max(1, fewer(solver.CHECKPOINT_PERIOD)))
+        eval_period = (max(1, from_epochs(sched.EVAL_PERIOD_EPOCHS, what))
+                       if sched.EVAL_PERIOD_EPOCHS > 0 else fewer(cfg.TEST.EVAL_PERIOD))
     else:
-        solver.MAX_ITER = fewer(solver.MAX_ITER)
-        solver.STEPS = tuple(fewer(s) for s in solver.STEPS)
-        solver.CHECKPOINT_PERIOD = max(1, fewer(solver.CHECKPOINT_PERIOD))
-        cfg.TEST.EVAL_PERIOD = fewer(cfg.TEST.EVAL_PERIOD)
-        if freeze.EPOCHS > 0:
-            if not size:
-                raise ConfigNotRunnable(
-                    "CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS needs the training set's size, but "
-                    f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no images after filtering"
-                )
-            freeze.ITERS = int(math.ceil(freeze.EPOCHS * size / batch - 1e-9))
-        else:
-            freeze.ITERS = fewer(freeze.ITERS)
+        max_iter = fewer(solver.MAX_ITER)
+        steps = tuple(fewer(s) for s in solver.STEPS)
+        checkpoint_period = max(1, fewer(solver.CHECKPOINT_PERIOD))
+        eval_period = fewer(cfg.TEST.EVAL_PERIOD)
+    solver.MAX_ITER = choose("SOLVER.MAX_ITER", solver.MAX_ITER, max_iter)
+    solver.STEPS = tuple(choose("SOLVER.STEPS", tuple(solver.STEPS), steps))
+    solver.CHECKPOINT_PERIOD = choose("SOLVER.CHECKPOINT_PERIOD", solver.CHECKPOINT_PERIOD, checkpoint_period)
+    cfg.TEST.EVAL_PERIOD = choose("TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, eval_period)
+    freeze_iters = (from_epochs(freeze.EPOCHS, "CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS")
+                    if freeze.EPOCHS > 0 else fewer(freeze.ITERS))
+    freeze.ITERS = choose("CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", freeze.ITERS, freeze_iters)
+
+    # As lenient as detectron2: LR steps at or past the end are dropped, a long warmup is allowed.
+    late = [s for s in solver.STEPS if s >= solver.MAX_ITER]
+    if late:
+        solver.STEPS = tuple(s for s in solver.STEPS if s < solver.MAX_ITER)
+        notes.append(f"SOLVER.STEPS {tuple(late)} are not before the run's end (SOLVER.MAX_ITER "
+                     f"{solver.MAX_ITER}) and are dropped, as detectron2 does")
+    if solver.WARMUP_ITERS > solver.MAX_ITER:
+        notes.append(f"SOLVER.WARMUP_ITERS {solver.WARMUP_ITERS} is longer than the run "
+                     f"({solver.MAX_ITER} iterations): the LR rises over the whole run and reaches "
+                     "SOLVER.BASE_LR only at its end")
     schedule = TrainingSchedule(
         unit=sched.UNIT, dataset_size=size, world_size=world_size, ims_per_batch=batch,
         accumulation_steps=accumulation, reference_ims_per_batch=reference,
@@ -186,34 +196,33 @@ def resolve_training_schedule(cfg, world_size: int, dataset_size: int):
         warmup_iters=solver.WARMUP_ITERS, warmup_factor=solver.WARMUP_FACTOR,
         steps=tuple(solver.STEPS), gamma=solver.GAMMA, max_iter=solver.MAX_ITER,
         checkpoint_period=solver.CHECKPOINT_PERIOD, eval_period=cfg.TEST.EVAL_PERIOD,
-        backbone_freeze_iters=freeze.ITERS,
+        backbone_freeze_iters=freeze.ITERS, given=explicit, notes=tuple(notes),
     )
     # The resolved form: iterations at this batch, so that resolving again is a no-op.
-    sched_unit = sched.UNIT
     sched.UNIT = "iterations"
     sched.REFERENCE_IMS_PER_BATCH = batch
     freeze.EPOCHS = 0.0
-    # The one check of steps against the length, on the values this run uses (computed from
-    # epochs, or rescaled to its batch).
-    late = [s for s in solver.STEPS if s >= solver.MAX_ITER]
-    if late:
-        raise ConfigNotRunnable(
-            f"SOLVER.STEPS {tuple(solver.STEPS)} must all be smaller than SOLVER.MAX_ITER "
-            f"({solver.MAX_ITER}) as this run resolves them ({sched_unit} at global batch "
-            f"{batch}); lower the steps or lengthen the run"
-        )
     return cfg, schedule
 
 
-def check_no_overridden_computed_keys(cfg, opts):
-    """In epoch mode SOLVER.MAX_ITER/STEPS are computed: refuse command-line values for them."""
-    if cfg.CITYSCAPES_FT.SCHEDULE.UNIT != "epochs":
-        return
-    given = [str(k) for k in list(opts)[0::2] if str(k) in EPOCH_MODE_COMPUTED_KEYS]
-    if given:
+def check_schedule_resolved(cfg, world_size: int) -> None:
+    """Refuse a config whose schedule still needs resolve_training_schedule: the trainer would
+    otherwise run its raw SOLVER values and silently ignore epochs or the reference batch."""
+    sched = cfg.CITYSCAPES_FT.SCHEDULE
+    unresolved = []
+    if sched.UNIT != "iterations":
+        unresolved.append(f"CITYSCAPES_FT.SCHEDULE.UNIT is {sched.UNIT!r}")
+    if sched.REFERENCE_IMS_PER_BATCH not in (0, cfg.SOLVER.IMS_PER_BATCH):
+        unresolved.append(f"CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH {sched.REFERENCE_IMS_PER_BATCH} "
+                          f"differs from SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}")
+    if cfg.SOLVER.REFERENCE_WORLD_SIZE not in (0, world_size):
+        unresolved.append(f"SOLVER.REFERENCE_WORLD_SIZE {cfg.SOLVER.REFERENCE_WORLD_SIZE} differs from "
+                          f"the {world_size} process(es) of this run")
+    if cfg.CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS > 0:
+        unresolved.append("CITYSCAPES_FT.BACKBONE_FREEZE.EPOCHS is set")
+    if unresolved:
         raise ConfigNotRunnable(
-            f"{', '.join(given)} given on the command line, but this config states its schedule "
-            "in epochs (CITYSCAPES_FT.SCHEDULE.UNIT epochs), which computes them. Set "
-            "CITYSCAPES_FT.SCHEDULE.MAX_EPOCHS / STEPS_EPOCHS instead, or add "
-            "`CITYSCAPES_FT.SCHEDULE.UNIT iterations` to use SOLVER.MAX_ITER / SOLVER.STEPS"
+            "CityscapesFTTrainer takes a config whose schedule is resolved for the run ("
+            + "; ".join(unresolved) + "). Build it with cityscapes_ft.engine.setup_cfg(args), as "
+            "tools/train_net.py does, or `cfg, schedule = cityscapes_ft.engine.resolve_config(cfg)`"
         )

@@ -1,4 +1,5 @@
 """The cityscapes-ft trainer: detectron2's DefaultTrainer with our mapper, evaluator and fixes."""
+import contextlib
 import gc
 import logging
 import os
@@ -6,109 +7,128 @@ import random
 import weakref
 from collections import OrderedDict
 
+import detectron2.engine.defaults as detectron2_defaults
 import numpy as np
 import torch
-from detectron2.data import (
-    DatasetCatalog,
-    MetadataCatalog,
-    build_detection_test_loader,
-    get_detection_dataset_dicts,
-)
-from detectron2.data.build import filter_images_with_only_crowd_annotations, print_instances_class_histogram
-from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
+from fvcore.nn.precise_bn import get_bn_modules
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import build_checkpointer
-from ..data import EVALUATOR_TYPE, build_mapper, cityscapes_root, load_cityscapes_ft_instances
+from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
+from ..data import build_mapper, training_dataset_dicts
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
-from ..errors import ConfigNotRunnable, TrainingDiverged
+from ..errors import TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..utils import atomic_write_json
 from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer
-from .schedule import per_process_batch, resolve_training_schedule
+from .schedule import check_schedule_resolved, per_process_batch
 from .train_loop import GradientAccumulationTrainer
 
 logger = logging.getLogger(__name__)
 
 
 def wrap_for_distributed(model):
-    """DistributedDataParallel for CUDA and for CPU (gloo) models; the model itself alone."""
-    if comm.get_world_size() == 1:
-        return model
+    """detectron2's create_ddp_model, for CUDA and for CPU (gloo) models: detectron2 passes
+    device_ids=[local rank] unconditionally, which DistributedDataParallel refuses for CPU."""
     on_cuda = next(model.parameters()).device.type == "cuda"
-    return DistributedDataParallel(
-        model,
-        device_ids=[comm.get_local_rank()] if on_cuda else None,
-        broadcast_buffers=False,
+    return create_ddp_model(
+        model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
     )
 
 
-def load_train_dicts_skipping_bad(cfg):
-    """DATASETS.TRAIN as detectron2's loader builds it, but with bad Cityscapes samples left out
-    (and logged) instead of stopping the run."""
-    dicts = []
-    for name in cfg.DATASETS.TRAIN:
-        meta = MetadataCatalog.get(name)
-        if meta.get("evaluator_type") != EVALUATOR_TYPE:
-            dicts.extend(DatasetCatalog.get(name))
-            continue
-        root = meta.get("dataset_root") or cityscapes_root()
-        dicts.extend(load_cityscapes_ft_instances(root, meta.split, on_bad_sample="skip"))
-    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
-    print_instances_class_histogram(dicts, MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
-    return dicts
+@contextlib.contextmanager
+def _ddp_accepts_cpu_models():
+    """While DefaultTrainer.__init__ runs, its module-level create_ddp_model wraps CPU models
+    without device_ids (see wrap_for_distributed); it is put back afterwards."""
+    original = detectron2_defaults.create_ddp_model
+    detectron2_defaults.create_ddp_model = lambda model, **kwargs: wrap_for_distributed(model)
+    try:
+        yield
+    finally:
+        detectron2_defaults.create_ddp_model = original
+
+
+def restart_data_stream(simple_trainer):
+    """Make the next run_step draw from a new iterator over the trainer's data loader. v0.6 keeps
+    it in `_data_loader_iter`; upstream detectron2 makes that a property over
+    `_data_loader_iter_obj`, created lazily."""
+    if isinstance(getattr(type(simple_trainer), "_data_loader_iter", None), property):
+        simple_trainer._data_loader_iter_obj = None
+    else:
+        simple_trainer._data_loader_iter = iter(simple_trainer.data_loader)
+
+
+class BestCheckpointerWithState(hooks.BestCheckpointer):
+    """detectron2's BestCheckpointer whose best score and iteration are in the trainer's
+    checkpoints, so `--resume` keeps comparing against them (v0.6's forgets them, and the first
+    evaluation after a resume then overwrites model_best.pth, even with a worse model)."""
+
+    def state_dict(self):
+        return {"best_metric": self.best_metric, "best_iter": self.best_iter}
+
+    def load_state_dict(self, state_dict):
+        self.best_metric = state_dict.get("best_metric")
+        self.best_iter = state_dict.get("best_iter")
 
 
 class CityscapesFTTrainer(DefaultTrainer):
-    """DefaultTrainer with the Cityscapes mapper and evaluator, and the training recipe:
+    """DefaultTrainer with the Cityscapes mapper, loader and evaluator, and the training recipe:
 
-    - the schedule in epochs or iterations, rescaled to the run's global batch, logged at start
-      and written to OUTPUT_DIR/schedule.json (`resolve_training_schedule`);
-    - layer-wise LR and weight decay per parameter kind (`build_layerwise_optimizer`);
+    - layer-wise LR and weight decay per parameter kind (`build_optimizer`);
     - staged backbone freezing (`StagedBackboneFreeze`);
     - gradient accumulation and AMP (`GradientAccumulationTrainer`);
-    - exact resume: checkpoints keep the optimizer (and AMP grad scaler), which v0.6 drops, and
-      the data stream's position; the random generators of each step are seeded from (run seed,
-      rank, iteration), so a resumed run draws what the uninterrupted one would have;
-    - CPU distributed training (gloo)."""
+    - exact resume: checkpoints keep the optimizer (and AMP grad scaler), which v0.6 drops, the
+      data stream's position and the best checkpoint's score; the random generators of each step
+      are seeded from (run seed, rank, iteration), so a resumed run draws what the uninterrupted
+      one would have;
+    - CPU distributed training (gloo).
+
+    The config it gets is already resolved (engine.defaults.setup_cfg): the schedule is in
+    iterations at the run's batch."""
 
     def __init__(self, cfg):
-        # Same construction as DefaultTrainer.__init__, with the schedule resolved first and DDP
-        # also wrapping CPU models (v0.6 passes device_ids for CPU models, which DDP rejects).
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        # Loaded once: their number sets an epoch-based schedule, and the loader samples them.
-        train_dicts = self.build_train_dataset_dicts(cfg)
-        cfg, self.schedule = resolve_training_schedule(cfg, comm.get_world_size(), len(train_dicts))
-        logger.info(self.schedule.format())
-        if comm.is_main_process() and cfg.OUTPUT_DIR:
-            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "schedule.json"), self.schedule.as_dict())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg, dataset_dicts=train_dicts)
-        model = wrap_for_distributed(model)
-        self._trainer = GradientAccumulationTrainer(
-            model, data_loader, optimizer,
-            accumulation_steps=cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS,
-            amp=cfg.SOLVER.AMP.ENABLED,
-        )
+        check_schedule_resolved(cfg, comm.get_world_size())
+        self.cfg = cfg  # the two setters below need it while DefaultTrainer.__init__ runs
+        with _ddp_accepts_cpu_models():
+            super().__init__(cfg)
         # The stream's seed (cfg.SEED, or one drawn for the run and kept in its checkpoints).
-        self.run_seed = data_loader.seed
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = build_checkpointer(cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self.run_seed = self.data_loader.seed
+
+    # DefaultTrainer.__init__ builds a SimpleTrainer (AMPTrainer) and a DetectionCheckpointer and
+    # has no method to override for either; these setters turn what it assigns into ours, with
+    # the same model, data loader, optimizer, folder and checkpointables.
+    @property
+    def _trainer(self):
+        return self.__dict__["_trainer"]
+
+    @_trainer.setter
+    def _trainer(self, inner):
+        if not isinstance(inner, GradientAccumulationTrainer):
+            inner = GradientAccumulationTrainer(
+                inner.model, inner.data_loader, inner.optimizer,
+                accumulation_steps=self.cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS,
+                amp=self.cfg.SOLVER.AMP.ENABLED,
+            )
+        self.__dict__["_trainer"] = inner
+
+    @property
+    def checkpointer(self):
+        return self.__dict__["checkpointer"]
+
+    @checkpointer.setter
+    def checkpointer(self, checkpointer):
+        if not isinstance(checkpointer, CityscapesFTCheckpointer):
+            checkpointer = build_checkpointer(
+                self.cfg, checkpointer.model, checkpointer.save_dir, **checkpointer.checkpointables
+            )
+        self.__dict__["checkpointer"] = checkpointer
 
     # Checkpoints hold the inner trainer's state (optimizer momentum, AMP grad scaler) and the
     # data stream's position and seed.
@@ -125,16 +145,19 @@ class CityscapesFTTrainer(DefaultTrainer):
         if "LRScheduler" in hook_states and "LayerwiseLRScheduler" not in hook_states:
             # A checkpoint of detectron2's own trainer: same scheduler state, its hook's name.
             hook_states["LayerwiseLRScheduler"] = hook_states.pop("LRScheduler")
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
+        inner = state_dict.get("_trainer")
+        if inner is None:
+            logger.warning("Checkpoint has no optimizer state (made by plain detectron2 v0.6?): "
+                           "resuming with fresh momentum")
+        # Upstream detectron2's DefaultTrainer.load_state_dict reads state_dict["_trainer"]
+        # unconditionally; the inner trainer's state is loaded here, leniently, instead.
+        TrainerBase.load_state_dict(self, {k: v for k, v in state_dict.items() if k != "_trainer"})
+        if inner is not None:
             try:
-                self._trainer.load_state_dict(state_dict["_trainer"])
+                self._trainer.load_state_dict(inner)
             except ValueError as e:  # parameter groups of another optimizer layout
                 logger.warning(f"The checkpoint's optimizer state does not fit this optimizer ({e}): "
                                "resuming with fresh momentum")
-        else:
-            logger.warning("Checkpoint has no optimizer state (made by plain detectron2 v0.6?): "
-                           "resuming with fresh momentum")
         if "data" in state_dict and hasattr(self.data_loader, "load_state_dict"):
             self.data_loader.load_state_dict(state_dict["data"])
         else:
@@ -144,7 +167,7 @@ class CityscapesFTTrainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         # The stream restarts from the position that the checkpoint (if any) stored.
-        self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+        restart_data_stream(self._trainer)
 
     def rewrap_model_for_distributed(self):
         """Wrap the model in a new DistributedDataParallel, which takes the parameters that
@@ -196,74 +219,67 @@ class CityscapesFTTrainer(DefaultTrainer):
         return build_layerwise_optimizer(cfg, model)
 
     def build_hooks(self):
-        ret = super().build_hooks()
-        for i, hook in enumerate(ret):
-            if type(hook) is hooks.LRScheduler:
-                ret[i] = LayerwiseLRScheduler()
-                freeze = self.cfg.CITYSCAPES_FT.BACKBONE_FREEZE
-                if freeze.ITERS > 0:
-                    ret.insert(i, StagedBackboneFreeze(freeze.ITERS, include_fpn=freeze.INCLUDE_FPN))
-                break
-        for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.PeriodicWriter):  # detectron2 writes all every 20 iterations
-                console = [w for w in hook._writers if isinstance(w, CommonMetricPrinter)]
-                files = [w for w in hook._writers if not isinstance(w, CommonMetricPrinter)]
-                ret[i:i + 1] = [
-                    hooks.PeriodicWriter(files, period=self.cfg.CITYSCAPES_FT.METRICS_PERIOD),
-                    hooks.PeriodicWriter(console, period=self.cfg.CITYSCAPES_FT.LOG_PERIOD),
-                ]
-                break
-        # Evaluation that also records which iteration and checkpoint it measured.
-        for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.EvalHook):
-                ret[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate_during_training)
-                metric = self.cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC
-                if metric and self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
-                    # After the evaluation it compares, so the metric is already in the storage.
-                    best = build_checkpointer(self.cfg, self.model, self.cfg.OUTPUT_DIR, tag_last=False,
-                                              trainer=weakref.proxy(self))
-                    ret.insert(i + 1, hooks.BestCheckpointer(
-                        self.cfg.TEST.EVAL_PERIOD, best, metric,
-                        mode=self.cfg.CITYSCAPES_FT.BEST_CHECKPOINT_MODE,
-                    ))
-                break
+        """The hooks in their order. Evaluation (and the best checkpoint it may make) runs before
+        the metrics file is written and before the periodic checkpoint of the same iteration,
+        so that checkpoint holds the best score so far and the iteration's full record is
+        written before its checkpoint. Console lines every LOG_PERIOD, metrics.json and
+        TensorBoard every METRICS_PERIOD (detectron2: both every 20)."""
+        cfg = self.cfg
+        freeze = cfg.CITYSCAPES_FT.BACKBONE_FREEZE
+        ret = [hooks.IterationTimer()]
+        if freeze.ITERS > 0:
+            ret.append(StagedBackboneFreeze(freeze.ITERS, include_fpn=freeze.INCLUDE_FPN))
+        ret.append(LayerwiseLRScheduler())
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            precise_bn_cfg = cfg.clone()
+            precise_bn_cfg.defrost()
+            precise_bn_cfg.DATALOADER.NUM_WORKERS = 0
+            ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
+                                       self.build_train_loader(precise_bn_cfg), cfg.TEST.PRECISE_BN.NUM_ITER))
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate_during_training))
+        if not comm.is_main_process():
+            return ret
+        metric = cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC
+        if metric and cfg.TEST.EVAL_PERIOD > 0:
+            best = build_checkpointer(cfg, self.model, cfg.OUTPUT_DIR, tag_last=False,
+                                      trainer=weakref.proxy(self))
+            ret.append(BestCheckpointerWithState(cfg.TEST.EVAL_PERIOD, best, metric,
+                                                 mode=cfg.CITYSCAPES_FT.BEST_CHECKPOINT_MODE))
+        console, *files = self.build_writers()
+        ret.append(hooks.PeriodicWriter(files, period=cfg.CITYSCAPES_FT.METRICS_PERIOD))
+        ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(hooks.PeriodicWriter([console], period=cfg.CITYSCAPES_FT.LOG_PERIOD))
         return ret
 
+    def checkpoint_of_iteration(self, iteration):
+        """The file the PeriodicCheckpointer writes for `iteration` (0-based), or None."""
+        if iteration >= self.max_iter - 1:
+            name = "model_final.pth"
+        elif (iteration + 1) % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0:
+            name = f"model_{iteration:07d}.pth"
+        else:
+            return None
+        return os.path.join(self.cfg.OUTPUT_DIR, name)
+
     def _evaluate_during_training(self):
-        checkpoint = self.checkpointer.get_checkpoint_file() if comm.is_main_process() else None
         # Iterations done: self.iter is the current one in after_step, max_iter in after_train.
         done = min(self.iter + 1, self.max_iter)
+        checkpoint = self.checkpoint_of_iteration(done - 1) if comm.is_main_process() else None
         self._last_eval_results = self.test(self.cfg, self.model, iteration=done, checkpoint=checkpoint)
         return self._last_eval_results
 
     @classmethod
-    def build_train_dataset_dicts(cls, cfg):
-        """DATASETS.TRAIN as the training loader sees it: after FILTER_EMPTY_ANNOTATIONS, and
-        without bad samples when CITYSCAPES_FT.ON_BAD_SAMPLE is "skip"."""
-        if cfg.CITYSCAPES_FT.ON_BAD_SAMPLE == "error":
-            return get_detection_dataset_dicts(
-                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-            )
-        return load_train_dicts_skipping_bad(cfg)
-
-    @classmethod
-    def build_train_loader(cls, cfg, dataset_dicts=None):
-        """A ResumableTrainLoader over dataset_dicts (default: build_train_dataset_dicts(cfg)):
-        this process's share of SOLVER.IMS_PER_BATCH / accumulation steps per batch, aspect-ratio
-        grouped, resumable at the batch where a checkpoint stopped."""
-        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            raise ConfigNotRunnable(
-                f"DATALOADER.SAMPLER_TRAIN is '{cfg.DATALOADER.SAMPLER_TRAIN}'; cityscapes-ft's "
-                "resumable training loader samples like 'TrainingSampler' (uniform, shuffled) only"
-            )
+    def build_train_loader(cls, cfg):
+        """A ResumableTrainLoader over training_dataset_dicts(cfg): this process's share of
+        SOLVER.IMS_PER_BATCH / accumulation steps per batch, aspect-ratio grouped, resumable at
+        the batch where a checkpoint stopped."""
         world = comm.get_world_size()
         batch_size = per_process_batch(
             cfg.SOLVER.IMS_PER_BATCH, world, cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
         )
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return ResumableTrainLoader(
-            cls.build_train_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts,
-            build_mapper(cfg, is_train=True),
+            training_dataset_dicts(cfg), build_mapper(cfg, is_train=True),
             batch_size=batch_size, seed=seed, rank=comm.get_rank(),
             world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,

@@ -20,6 +20,8 @@ from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs
 from cityscapesscripts.evaluation.instances2dict import instances2dict
 from PIL import Image
 
+from ..utils import cpus_per_local_process
+
 
 def _configure(pred_dir):
     args = cs_eval.args
@@ -74,7 +76,7 @@ class OfficialMatcher:
         shutil.rmtree(self.pred_dir, ignore_errors=True)
         os.makedirs(self.pred_dir)
         self.label_ids = label_ids
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or cpus_per_local_process()
         self._pool = None
         self._pending = []  # (gt_file, AsyncResult or match)
         _configure(self.pred_dir)

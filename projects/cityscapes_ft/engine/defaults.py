@@ -1,4 +1,4 @@
-"""What tools/train_net.py runs: config set-up and the train / evaluate entry point."""
+"""What tools/train_net.py runs: the config pipeline and the train / evaluate entry point."""
 import logging
 import os
 
@@ -10,9 +10,11 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable, check_output_dir_writable
-from ..config import load_cityscapes_ft_cfg
+from ..config import explicit_config_keys, load_cityscapes_ft_cfg
+from ..data import training_dataset_dicts
+from ..utils import atomic_open, atomic_write_json
 from ..weights import load_weights_or_explain
-from .schedule import check_no_overridden_computed_keys
+from .schedule import resolve_training_schedule
 from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger("cityscapes_ft")
@@ -21,22 +23,43 @@ logger = logging.getLogger("cityscapes_ft")
 def argument_parser(epilog=None):
     """detectron2's command line (--config-file, --num-gpus, --num-machines, --machine-rank,
     --dist-url, --resume, --eval-only, trailing KEY VALUE overrides). Without CUDA, --num-gpus N
-    starts N CPU processes over gloo; --dist-url auto picks a free local port."""
+    starts N CPU processes over gloo; --dist-url auto picks a free local port. Processes started
+    by torchrun or srun join their job without --num-gpus."""
     return default_argument_parser(epilog=epilog)
 
 
 def setup_cfg(args):
-    """get_cfg -> add_cityscapes_ft_config -> merge file -> merge overrides -> check -> freeze ->
-    default_setup."""
+    """The one config pipeline, before any trainer exists: load (defaults, our keys, the file, the
+    KEY VALUE pairs) -> check -> resolve the training schedule for this run (the values the user
+    gave are kept; the rest derived) -> freeze -> default_setup, which writes
+    OUTPUT_DIR/config.yaml: the config that runs, which reproduces this schedule when passed back
+    with --config-file. Beside it: config_given.yaml (before resolution) and schedule.json."""
     cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
     check_config_runnable(cfg)
-    check_no_overridden_computed_keys(cfg, args.opts)
     if comm.is_main_process():
         check_output_dir_writable(cfg.OUTPUT_DIR)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
+    given, schedule = cfg.clone(), None
+    if not args.eval_only:
+        cfg, schedule = resolve_config(cfg, explicit_config_keys(args.config_file, args.opts))
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
+    if schedule is not None:
+        logger.info(schedule.format())
+        for note in schedule.notes:
+            logger.warning(note)
+        if comm.is_main_process():
+            with atomic_open(os.path.join(cfg.OUTPUT_DIR, "config_given.yaml")) as f:
+                f.write(given.dump())
+            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "schedule.json"), schedule.as_dict())
     return cfg
+
+
+def resolve_config(cfg, explicit=None):
+    """(config, TrainingSchedule) for training in this process's job: the schedule resolved for
+    its number of processes and the training set's size. `explicit`: the keys the user set, used
+    as given (config.explicit_config_keys)."""
+    return resolve_training_schedule(cfg, comm.get_world_size(), len(training_dataset_dicts(cfg)), explicit)
 
 
 def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):

@@ -1,0 +1,302 @@
+"""Run set-up the Detectron2 way: typed values run as typed, one resolved config that reproduces
+itself, torchrun and SLURM join one job, checkpoints of every normalisation, the best checkpoint's
+score across --resume."""
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import CONFIGS, CS_FT_ON_CPU, REPO, TINY, load_config, run, train_net
+
+from cityscapes_ft.config import explicit_config_keys
+from cityscapes_ft.engine.launch import find_process_place, first_slurm_host
+from cityscapes_ft.engine.metrics_writer import read_metrics
+from cityscapes_ft.engine.schedule import resolve_training_schedule
+
+CS_FT = os.path.join(CONFIGS, "cs_ft.yaml")
+PAPER_4K = os.path.join(CONFIGS, "cs_ft_paper_4k.yaml")
+# cs_ft.yaml's model made CPU-test sized: a small GroupNorm ResNet learns from scratch without diverging.
+SMALL_MODEL = ("MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+               "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.RESNETS.NORM", "GN",
+               "MODEL.BACKBONE.FREEZE_AT", "0")
+HEAD_TRANSFER_MAP = '("person", "person", "car", "truck", "bus", "train", "motorcycle", "bicycle")'
+
+
+def resolve(config, *opts, world=1, size=2975):
+    return resolve_training_schedule(load_config(config, *opts), world, size,
+                                     explicit=explicit_config_keys(config, opts))
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# --- the values you type are the values that run --------------------------------------------
+
+def test_values_typed_on_the_command_line_run_as_typed_and_stopped_derivations_are_warned():
+    cfg, schedule = resolve(CS_FT, "SOLVER.MAX_ITER", "100", "SOLVER.BASE_LR", "0.01",
+                            "SOLVER.IMS_PER_BATCH", "2")
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH) == (100, 0.01, 2)
+    assert tuple(cfg.SOLVER.STEPS) == ()  # the recipe's step, after 56 of 64 passes, is past the end
+    notes = "\n".join(schedule.notes)
+    # 64 passes over 2975 images at batch 2 would be 95200 iterations; LR 0.01 at batch 8 -> 0.0025
+    assert "SOLVER.MAX_ITER 100 (set on the command line) is used as given; the recipe would give 95200" in notes
+    assert "SOLVER.BASE_LR 0.01 (set on the command line) is used as given; the recipe would give 0.0025" in notes
+    assert "are dropped, as detectron2 does" in notes and "longer than the run" in notes
+    assert set(schedule.given) == {"SOLVER.MAX_ITER", "SOLVER.BASE_LR", "SOLVER.IMS_PER_BATCH"}
+
+
+def test_another_batch_keeps_the_recipe_but_never_rescales_a_typed_number():
+    cfg, _ = resolve(PAPER_4K, "SOLVER.IMS_PER_BATCH", "16", "SOLVER.MAX_ITER", "4000")
+    assert cfg.SOLVER.MAX_ITER == 4000  # typed
+    assert tuple(cfg.SOLVER.STEPS) == (1500,) and cfg.SOLVER.WARMUP_ITERS == 250  # recipe, at batch 16
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.02)
+    cfg, _ = resolve(PAPER_4K, "SOLVER.IMS_PER_BATCH", "16")
+    assert cfg.SOLVER.MAX_ITER == 2000  # the same images as 4000 at batch 8
+
+
+def test_a_users_own_yaml_above_the_recipe_states_values_to_use_as_given(tmp_path):
+    own = tmp_path / "my_run.yaml"
+    own.write_text(f'_BASE_: "{CS_FT}"\nSOLVER:\n  MAX_ITER: 1000\n  BASE_LR: 0.01\n'
+                   "  WARMUP_ITERS: 500\nOUTPUT_DIR: ./output/mine\n")
+    explicit = explicit_config_keys(str(own), ())
+    assert set(explicit) == {"SOLVER.MAX_ITER", "OUTPUT_DIR"}  # BASE_LR 0.01 and warmup: as the recipe
+    cfg, schedule = resolve(str(own), world=2, size=2975)
+    assert cfg.SOLVER.MAX_ITER == 1000
+    assert "set in" in schedule.given["SOLVER.MAX_ITER"] and "my_run.yaml" in schedule.given["SOLVER.MAX_ITER"]
+    # the recipe file itself: its numbers are the recipe, nothing is "given"
+    assert explicit_config_keys(CS_FT, ()) == {} and explicit_config_keys(PAPER_4K, ()) == {}
+
+
+def test_config_yaml_is_the_config_that_ran_and_reproduces_its_schedule(synthetic_root, tmp_path):
+    out, again = str(tmp_path / "run"), str(tmp_path / "again")
+    typed = ("SOLVER.MAX_ITER", "6", "SOLVER.BASE_LR", "0.01", "SOLVER.IMS_PER_BATCH", "2")
+    proc = train_net(*CS_FT_ON_CPU, *SMALL_MODEL, *typed, "DATASETS.TEST", "()", "OUTPUT_DIR", out,
+                     config=CS_FT, datasets=synthetic_root)
+    assert "WARNING" in proc.stderr + proc.stdout and "is used as given" in proc.stderr + proc.stdout
+    metrics = [r for r in read_metrics(os.path.join(out, "metrics.json")) if "lr" in r]
+    assert [r["iteration"] for r in metrics] == list(range(6))
+    # warmup (the recipe's, longer than the run) rises over the whole run to the typed BASE_LR,
+    # as detectron2's WarmupParamScheduler does: factor 0.001 at the start, 1 at the end
+    for r in metrics:
+        t = r["iteration"] / 6
+        assert r["lr"] == pytest.approx(0.01 * (0.001 * (1 - t) + t), rel=1e-6)
+    ran = load_config(os.path.join(out, "config.yaml"))
+    assert (ran.SOLVER.MAX_ITER, ran.SOLVER.BASE_LR, tuple(ran.SOLVER.STEPS)) == (6, 0.01, ())
+    given = load_config(os.path.join(out, "config_given.yaml"))
+    assert given.CITYSCAPES_FT.SCHEDULE.UNIT == "epochs" and tuple(given.SOLVER.STEPS) == (18000,)
+    # fed back with --config-file, config.yaml runs the same schedule
+    train_net("DATASETS.TEST", "()", "OUTPUT_DIR", again, config=os.path.join(out, "config.yaml"),
+              datasets=synthetic_root)
+    first, second = (json.load(open(os.path.join(d, "schedule.json"))) for d in (out, again))
+    what_runs = ("world_size", "ims_per_batch", "accumulation_steps", "base_lr", "warmup_iters",
+                 "warmup_factor", "steps", "gamma", "max_iter", "checkpoint_period", "eval_period",
+                 "backbone_freeze_iters")
+    assert {k: first[k] for k in what_runs} == {k: second[k] for k in what_runs}
+    assert set(second["given"]) == {"DATASETS.TEST", "OUTPUT_DIR"} and first["max_iter"] == 6
+
+
+def test_every_config_check_happens_before_training(synthetic_root, tmp_path):
+    proc = train_net("CITYSCAPES_FT.EVAL_TASKS", '("cityscapes", "box")', "OUTPUT_DIR", str(tmp_path),
+                     datasets=synthetic_root, expect_ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "CITYSCAPES_FT.EVAL_TASKS" in proc.stderr and "'box'" in proc.stderr
+    assert not os.path.exists(tmp_path / "metrics.json")
+
+
+# --- launchers: --num-gpus, torchrun, SLURM ---------------------------------------------------
+
+def test_torchrun_and_slurm_places_are_read_from_their_environment():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                "GROUP_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "29500"}
+    place = find_process_place(torchrun)
+    assert (place.launcher, place.rank, place.world_size, place.local_rank, place.local_size,
+            place.machine_rank, place.init_method) == ("torchrun", 3, 4, 1, 2, 1, "env://")
+    slurm = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+             "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "1234"}
+    place = find_process_place(slurm)
+    assert (place.launcher, place.rank, place.world_size, place.local_rank, place.local_size,
+            place.machine_rank) == ("SLURM", 2, 4, 0, 2, 1)
+    assert place.init_method == "tcp://gpu07:21234"
+    assert find_process_place(dict(slurm, MASTER_PORT="5000")).init_method == "tcp://gpu07:5000"
+    assert find_process_place({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # one task: we spawn
+    assert find_process_place({}) is None
+    assert first_slurm_host("node01") == "node01"
+    assert first_slurm_host("a[3-5,9]-ib,b1") == "a3-ib"
+    assert first_slurm_host("c[010,012]") == "c010"
+
+
+def test_torchrun_with_num_gpus_is_refused_in_one_line(synthetic_root, tmp_path):
+    proc = train_net("--num-gpus", "2", "OUTPUT_DIR", str(tmp_path), datasets=synthetic_root,
+                     expect_ok=False, env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error")]
+    assert "torchrun" in line and "--num-gpus 2" in line
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TWO_PROCESS_RUN = ("SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "11",
+                   "DATASETS.TEST", "()")
+
+
+@pytest.fixture(scope="module")
+def num_gpus_2_run(synthetic_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("num_gpus_2"))
+    train_net("--num-gpus", "2", "--dist-url", "auto", *TWO_PROCESS_RUN, "OUTPUT_DIR", out,
+              datasets=synthetic_root)
+    return out
+
+
+def _assert_one_job_of_two(out, reference):
+    assert json.load(open(os.path.join(out, "schedule.json")))["world_size"] == 2
+    iterations = [r["iteration"] for r in read_metrics(os.path.join(out, "metrics.json")) if "lr" in r]
+    assert iterations == [0, 1, 2]  # one writer: each iteration once
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000001.pth", "model_final.pth"]
+    assert_same_weights(os.path.join(out, "model_final.pth"), os.path.join(reference, "model_final.pth"))
+
+
+def test_torchrun_starts_one_job_equal_to_num_gpus(num_gpus_2_run, synthetic_root, tmp_path):
+    out = str(tmp_path)
+    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         os.path.join("tools", "train_net.py"), "--config-file", TINY, *TWO_PROCESS_RUN, "OUTPUT_DIR", out],
+        datasets=synthetic_root)
+    _assert_one_job_of_two(out, num_gpus_2_run)
+
+
+def test_slurm_tasks_join_one_job_equal_to_num_gpus(num_gpus_2_run, synthetic_root, tmp_path):
+    out = str(tmp_path)
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="1", SLURM_NTASKS="2",
+               SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="7",
+               SLURM_NODEID="0", MASTER_PORT=str(_free_port()))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.join("tools", "train_net.py"), "--config-file", TINY,
+             *TWO_PROCESS_RUN, "OUTPUT_DIR", out],
+            cwd=REPO, env=dict(env, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(2)
+    ]
+    for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output[-3000:]
+    _assert_one_job_of_two(out, num_gpus_2_run)
+
+
+# --- checkpoints of every normalisation, with and without head transfer ----------------------
+
+def _coco_stand_in(path, norm):
+    """A model-zoo style .pkl (numpy arrays, matching_heuristics) of an 80-class model with
+    `norm` in its backbone, BatchNorm's 0-d num_batches_tracked included."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(TINY, "MODEL.RESNETS.NORM", norm, "MODEL.ROI_HEADS.NUM_CLASSES", "80")
+    state = {k: v.detach().numpy() for k, v in build_model(cfg).state_dict().items()}
+    assert norm not in ("BN", "SyncBN") or any(v.ndim == 0 for v in state.values())
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "stand-in", "matching_heuristics": True}, f)
+
+
+def _train_net_in_process(*argv):
+    from cityscapes_ft.engine import argument_parser, train_or_evaluate
+
+    return train_or_evaluate(argument_parser().parse_args(["--config-file", TINY, *argv]))
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN", "SyncBN", "GN"])
+@pytest.mark.parametrize("head_transfer", [True, False])
+def test_checkpoints_of_every_normalisation_load_resume_and_evaluate(norm, head_transfer, cityscapes_env,
+                                                                   tmp_path):
+    stand_in = str(tmp_path / "coco.pkl")
+    _coco_stand_in(stand_in, norm)
+    out = str(tmp_path / "run")
+    common = ["MODEL.RESNETS.NORM", norm, "OUTPUT_DIR", out, "SOLVER.CHECKPOINT_PERIOD", "1",
+              "MODEL.HEAD_TRANSFER.CLASS_MAP", HEAD_TRANSFER_MAP if head_transfer else "()"]
+    _train_net_in_process(*common, "MODEL.WEIGHTS", stand_in, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()")
+    _train_net_in_process("--resume", *common, "MODEL.WEIGHTS", stand_in, "SOLVER.MAX_ITER", "3",
+                          "DATASETS.TEST", "()")
+    final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert final["iteration"] == 2  # resumed after iteration 1, ran iteration 2
+    if norm == "BN":  # trained BatchNorm statistics moved, and travel in the checkpoint
+        assert int(final["model"]["backbone.bottom_up.stem.conv1.norm.num_batches_tracked"]) == 3
+    results = _train_net_in_process("--eval-only", *common, "MODEL.WEIGHTS",
+                                     os.path.join(out, "model_final.pth"))
+    assert set(results) == {"cityscapes", "bbox", "segm"}
+
+
+def test_bn_model_trained_killed_resumed_then_evaluated_with_head_transfer(synthetic_root, tmp_path):
+    stand_in = str(tmp_path / "coco.pkl")
+    _coco_stand_in(stand_in, "BN")
+    out = str(tmp_path / "run")
+    common = ("MODEL.RESNETS.NORM", "BN", "MODEL.HEAD_TRANSFER.CLASS_MAP", HEAD_TRANSFER_MAP,
+              "MODEL.WEIGHTS", stand_in, "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.MAX_ITER", "30",
+              "DATASETS.TEST", "()", "OUTPUT_DIR", out)
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, os.path.join("tools", "train_net.py"), "--config-file", TINY,
+                             *common], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = 240
+        start = time.time()
+        while not os.path.exists(os.path.join(out, "model_0000002.pth")) and time.time() - start < deadline:
+            assert proc.poll() is None, "training ended before it was killed"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    train_net("--resume", *common, datasets=synthetic_root)
+    assert torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["iteration"] == 29
+    proc = train_net("--eval-only", "MODEL.RESNETS.NORM", "BN", "MODEL.HEAD_TRANSFER.CLASS_MAP",
+                     HEAD_TRANSFER_MAP, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                     "OUTPUT_DIR", str(tmp_path / "eval"), datasets=synthetic_root)
+    assert "Official Cityscapes instance-level metric" in proc.stdout + proc.stderr
+
+
+# --- hooks holding their state -----------------------------------------------------------------
+
+def test_the_best_checkpoints_score_survives_resume(cityscapes_env, tmp_path):
+    from detectron2.utils.events import EventStorage
+
+    from cityscapes_ft.engine import CityscapesFTTrainer
+    from cityscapes_ft.engine.trainer import BestCheckpointerWithState
+
+    out = str(tmp_path)
+    _train_net_in_process("SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
+                          "OUTPUT_DIR", out)
+    # evaluation runs before the checkpoint of its iteration: the checkpoint holds its score
+    evaluated = json.load(open(os.path.join(out, "eval_results", "cityscapes_ft_instance_val_iter0000002.json")))
+    assert evaluated["checkpoint"].endswith("model_0000001.pth")
+    saved = torch.load(os.path.join(out, "model_0000001.pth"), weights_only=False)["trainer"]["hooks"]
+    assert saved["BestCheckpointerWithState"] == {
+        "best_metric": evaluated["results"]["cityscapes"]["AP"], "best_iter": 1}
+
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    best_file = os.path.join(out, "model_best.pth")
+    before = open(best_file, "rb").read()
+    cfg = load_config(os.path.join(out, "config.yaml"))
+    trainer = CityscapesFTTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    (hook,) = [h for h in trainer._hooks if isinstance(h, BestCheckpointerWithState)]
+    assert hook.best_metric == evaluated["results"]["cityscapes"]["AP"] and hook.best_iter == 1
+    with EventStorage(3) as trainer.storage:
+        trainer.storage.put_scalar("cityscapes/AP", hook.best_metric - 1.0)  # a worse model
+        hook._best_checking()
+    assert open(best_file, "rb").read() == before
