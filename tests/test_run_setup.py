@@ -300,3 +300,12 @@ def test_the_best_checkpoints_score_survives_resume(cityscapes_env, tmp_path):
         trainer.storage.put_scalar("cityscapes/AP", hook.best_metric - 1.0)  # a worse model
         hook._best_checking()
     assert open(best_file, "rb").read() == before
+
+
+def test_training_a_frozen_bn_backbone_from_scratch_is_warned_about_before_it_diverges():
+    from cityscapes_ft.checks import config_warnings
+
+    (warning,) = config_warnings(load_config(CS_FT, *CS_FT_ON_CPU), training=True)
+    assert "FrozenBN" in warning and "MODEL.RESNETS.NORM GN" in warning
+    assert config_warnings(load_config(CS_FT, *CS_FT_ON_CPU, *SMALL_MODEL), training=True) == []
+    assert config_warnings(load_config(CS_FT, *CS_FT_ON_CPU), training=False) == []

@@ -103,3 +103,19 @@ def check_config_runnable(cfg):
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}, but dataset "
                 f"'{name}' has {len(classes)} classes ({', '.join(classes)})"
             )
+
+
+FROM_SCRATCH_FROZEN_BN = (
+    "MODEL.WEIGHTS is empty and MODEL.RESNETS.NORM is FrozenBN: a randomly initialised backbone "
+    "with frozen batch norm has no normalisation at all and diverges within a few iterations. "
+    "Start from weights (MODEL.WEIGHTS), or train from scratch with MODEL.RESNETS.NORM GN (as "
+    "configs/quick_schedules/ do) or BN"
+)
+
+
+def config_warnings(cfg, training: bool):
+    """Settings that run but rarely do what the user wants: one line each, logged at start."""
+    warnings = []
+    if training and not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN":
+        warnings.append(FROM_SCRATCH_FROZEN_BN)
+    return warnings

@@ -9,7 +9,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import build_checkpointer
-from ..checks import check_config_runnable, check_output_dir_writable
+from ..checks import check_config_runnable, check_output_dir_writable, config_warnings
 from ..config import explicit_config_keys, load_cityscapes_ft_cfg
 from ..data import training_dataset_dicts
 from ..utils import atomic_open, atomic_write_json
@@ -44,6 +44,8 @@ def setup_cfg(args):
         cfg, schedule = resolve_config(cfg, explicit_config_keys(args.config_file, args.opts))
     cfg.freeze()
     default_setup(cfg, args)
+    for warning in config_warnings(cfg, training=not args.eval_only):
+        logger.warning(warning)
     if schedule is not None:
         logger.info(schedule.format())
         for note in schedule.notes:

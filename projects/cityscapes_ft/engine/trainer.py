@@ -20,6 +20,7 @@ from detectron2.utils.file_io import PathManager
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
+from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
 from ..data import build_mapper, training_dataset_dicts
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import TrainingDiverged
@@ -204,6 +205,7 @@ class CityscapesFTTrainer(DefaultTrainer):
                 f"{last or '(none written yet)'}; resume from it with --resume after lowering "
                 "SOLVER.BASE_LR, lengthening SOLVER.WARMUP_ITERS or enabling "
                 "SOLVER.CLIP_GRADIENTS.ENABLED"
+                + (f". Likely cause: {FROM_SCRATCH_FROZEN_BN}" if FROM_SCRATCH_FROZEN_BN in config_warnings(self.cfg, True) else "")
             ) from e
 
     def build_writers(self):
