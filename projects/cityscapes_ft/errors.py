@@ -19,6 +19,22 @@ class WeightsNotAvailable(CityscapesFTError, RuntimeError):
     """MODEL.WEIGHTS cannot be read or downloaded."""
 
 
+class CheckpointUnreadable(CityscapesFTError, RuntimeError):
+    """A checkpoint or MODEL.WEIGHTS file is truncated, empty or not a checkpoint."""
+
+
+class WeightsDoNotFit(CityscapesFTError, RuntimeError):
+    """Weights loaded strictly (--eval-only, --resume) miss, add or mis-shape tensors."""
+
+
+class OutputNotWritable(CityscapesFTError, OSError):
+    """A checkpoint, metrics or result file could not be written (disk full, read-only, ...)."""
+
+
+class OutputDirInUse(CityscapesFTError, RuntimeError):
+    """Another run holds OUTPUT_DIR."""
+
+
 class CityscapesEvaluationError(CityscapesFTError, RuntimeError):
     """The evaluation cannot be run on this dataset or these predictions."""
 

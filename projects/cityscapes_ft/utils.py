@@ -2,29 +2,50 @@
 import json
 import math
 import os
+import re
 import tempfile
 
 
-def _json_safe(value):
+def json_safe(value):
+    """`value` with NaN/inf as None and numpy scalars as Python numbers, for json.dump."""
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; null means "not defined" (e.g. a class without ground truth)
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item"):  # numpy scalars
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
+
+
+def _current_umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Temporary files of atomic_open: ".<name>.<8 random characters>.tmp" beside the file.
+ATOMIC_TMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 class atomic_open:
     """open() for writing that never leaves half a file: the data goes to a temporary file beside
-    `path`, which replaces `path` on close (and is removed if the `with` block raises)."""
+    `path`, which replaces `path` on close (and is removed if the `with` block raises). The file
+    gets the mode a plain open() would give (0666 less the umask), not mkstemp's 0600."""
 
     def __init__(self, path, mode="w"):
         self.path = path
         folder = os.path.dirname(os.path.abspath(path))
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, 0o666 & ~_current_umask())
         self._f = os.fdopen(fd, mode)
 
     def __getattr__(self, name):
@@ -58,7 +79,7 @@ def atomic_write_json(path: str, data) -> None:
     """Write JSON so that readers never see half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_open(path, "w") as f:
-        json.dump(_json_safe(data), f, indent=2)
+        json.dump(json_safe(data), f, indent=2)
 
 
 def set_local_process_group(local_size: int) -> None:

@@ -1,6 +1,7 @@
 """DetectionCheckpointer that transfers class-specific head rows by a class map and reports what
 it loaded."""
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -8,7 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.data import MetadataCatalog
 
-from ..errors import ConfigNotRunnable
+from ..errors import CheckpointUnreadable, ConfigNotRunnable, OutputNotWritable, WeightsDoNotFit
 from .atomic_io import AtomicWritePathManager
 from .head_transfer import resolve_class_map, transfer_class_rows
 
@@ -53,10 +54,13 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
     Checkpoints and `last_checkpoint` are written atomically."""
 
     def __init__(self, model, save_dir="", *, class_map: Sequence = (), source_classes: Sequence[str] = (),
-                 target_classes: Sequence[str] = (), tag_last: bool = True, **kwargs):
+                 target_classes: Sequence[str] = (), tag_last: bool = True, strict: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         # False for side copies (model_best): `last_checkpoint` keeps naming the run's own latest.
         self.tag_last = tag_last
+        # True where numbers are published or a run continues (--eval-only, --resume): any tensor
+        # missing, left over or of another shape is refused instead of freshly initialised.
+        self.strict = strict
         self.path_manager = AtomicWritePathManager(self.path_manager)
         self.class_map = list(class_map)
         self.source_classes = list(source_classes)
@@ -74,6 +78,33 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
     def load(self, path, *args, **kwargs):
         self._loading = path
         return super().load(path, *args, **kwargs)
+
+    def _load_file(self, f):
+        try:
+            return super()._load_file(f)
+        except (FileNotFoundError, IsADirectoryError):
+            raise
+        except Exception as e:  # torch.load / pickle on a truncated, empty or foreign file
+            raise CheckpointUnreadable(
+                f"Checkpoint {f} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                "it is truncated, empty or not a checkpoint. Use another checkpoint, or download or "
+                "copy this one again"
+            ) from e
+
+    def save(self, name, **kwargs):
+        try:
+            super().save(name, **kwargs)
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+            cause = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(cause, OSError) and "write" not in str(e):
+                raise
+            previous = self.get_checkpoint_file() if self.has_checkpoint() else None
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(e).splitlines()[0]
+            raise OutputNotWritable(
+                f"Could not write checkpoint {os.path.join(self.save_dir, name + '.pth')} "
+                f"({reason}). " + (f"The previous checkpoint {previous} is intact. " if previous else "")
+                + "Free space or fix the folder's permissions, then run again with --resume"
+            ) from e
 
     def _load_model(self, checkpoint):
         original_keys = list(checkpoint["model"].keys())
@@ -118,6 +149,21 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
         )
         self.last_load_report = report
         logger.info(report.format())
+        misfits = report.fresh + report.unused + report.partly_fresh
+        if self.strict and misfits:
+            shapes = {k: (tuple(c), tuple(m)) for k, c, m in incompatible.incorrect_shapes}
+            listed = "; ".join(
+                [f"{k}: {shapes[k][0]} in the checkpoint, {shapes[k][1]} in the model" for k in report.fresh if k in shapes]
+                + [f"missing from the checkpoint: {k}" for k in report.fresh if k not in shapes]
+                + [f"not in the model: {k}" for k in report.unused]
+                + [f"rows of unmapped classes would be random: {k}" for k in report.partly_fresh]
+            )
+            raise WeightsDoNotFit(
+                f"The weights in {self._loading} do not fit this model ({len(misfits)} tensors): "
+                f"{listed}. --eval-only and --resume load weights exactly, so that no number comes "
+                "from a randomly initialised layer; check the config (NUM_CLASSES, MODEL.FPN.*, "
+                "MODEL.ROI_*_HEAD.*) or pass the checkpoint this config trained"
+            )
         if original_keys and len(report.fresh) > len(model_keys) / 2:
             shapes = "; ".join(f"{k}: {tuple(c)} in the checkpoint, {tuple(m)} in the model"
                                for k, c, m in incompatible.incorrect_shapes[:5])

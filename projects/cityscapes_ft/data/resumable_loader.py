@@ -14,6 +14,8 @@ import torch
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.data.common import DatasetFromList
 
+from ..errors import CityscapesDataError
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,20 +57,46 @@ class ResumableBatchSampler:
                     bucket.clear()
 
 
+# Keys of a mapped sample that report on the loading itself, read and removed in the main process
+# (a data-loader worker cannot log to the run's log, and its exceptions arrive with its traceback).
+BAD_SAMPLE_ERROR = "_cityscapes_ft_bad_sample_error"
+SKIPPED_SAMPLES = "_cityscapes_ft_skipped_samples"
+
+
 class PositionSeededMapDataset(torch.utils.data.Dataset):
     """Maps dataset_dicts[index] with numpy, python and torch random generators seeded from
-    (seed, stream position), restoring the caller's generators afterwards."""
+    (seed, stream position), restoring the caller's generators afterwards.
 
-    def __init__(self, dataset_dicts, mapper, seed: int):
+    A sample found bad while mapping (an unreadable image) is reported, not raised: with
+    skip_bad_samples the next sample of the dataset takes its place (the same one in every run,
+    so a resumed run still gets the batches of an uninterrupted one)."""
+
+    def __init__(self, dataset_dicts, mapper, seed: int, skip_bad_samples: bool = False):
         self._dicts = DatasetFromList(dataset_dicts, copy=False)
         self._mapper = mapper
         self._seed = seed
+        self._skip = skip_bad_samples
 
     def __len__(self):
         return len(self._dicts)
 
     def __getitem__(self, item):
         position, index = item
+        skipped = []
+        for offset in range(len(self._dicts)):
+            try:
+                data = self._map(position, (index + offset) % len(self._dicts))
+            except CityscapesDataError as e:
+                if not self._skip:
+                    return {BAD_SAMPLE_ERROR: str(e)}
+                skipped.append(str(e))
+                continue
+            if skipped:
+                data[SKIPPED_SAMPLES] = skipped
+            return data
+        return {BAD_SAMPLE_ERROR: "no training sample could be read: " + "; ".join(skipped[:3])}
+
+    def _map(self, position, index):
         seed = derived_seed(self._seed, position)
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
@@ -95,12 +123,14 @@ class ResumableTrainLoader:
     torch DataLoader at that batch; the iterator starts no worker before its first batch."""
 
     def __init__(self, dataset_dicts, mapper, *, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, aspect_ratio_grouping: bool = True, num_workers: int = 0):
+                 world_size: int = 1, aspect_ratio_grouping: bool = True, num_workers: int = 0,
+                 skip_bad_samples: bool = False):
         self.dataset_dicts = dataset_dicts
         self.mapper = mapper
         self.batch_size, self.seed = batch_size, int(seed)
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
+        self.skip_bad_samples = skip_bad_samples
         self.aspect_groups = [
             d["width"] > d["height"] if aspect_ratio_grouping else True for d in dataset_dicts
         ]
@@ -112,7 +142,7 @@ class ResumableTrainLoader:
             start_batch=self.batches_consumed,
         )
         loader = torch.utils.data.DataLoader(
-            PositionSeededMapDataset(self.dataset_dicts, self.mapper, self.seed),
+            PositionSeededMapDataset(self.dataset_dicts, self.mapper, self.seed, self.skip_bad_samples),
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=trivial_batch_collator,
@@ -121,6 +151,13 @@ class ResumableTrainLoader:
             generator=torch.Generator().manual_seed(self.seed),
         )
         for batch in loader:
+            for sample in batch:
+                if BAD_SAMPLE_ERROR in sample:
+                    raise CityscapesDataError(
+                        sample[BAD_SAMPLE_ERROR] + " (CITYSCAPES_FT.ON_BAD_SAMPLE skip trains without it)"
+                    )
+                for problem in sample.pop(SKIPPED_SAMPLES, []):
+                    logger.warning(f"Skipped a training sample (CITYSCAPES_FT.ON_BAD_SAMPLE skip): {problem}")
             self.batches_consumed += 1
             yield batch
 

@@ -1,4 +1,5 @@
 """What tools/train_net.py runs: the config pipeline and the train / evaluate entry point."""
+import json
 import logging
 import os
 
@@ -12,8 +13,10 @@ from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable, check_output_dir_writable, config_warnings
 from ..config import explicit_config_keys, load_cityscapes_ft_cfg
 from ..data import training_dataset_dicts
-from ..utils import atomic_open, atomic_write_json
+from ..errors import CityscapesFTError
+from ..utils import atomic_open, json_safe
 from ..weights import load_weights_or_explain
+from .run_directory import STAGING_SUFFIX, RunDirectory, replace_directory, staging_directory
 from .schedule import resolve_training_schedule
 from .trainer import CityscapesFTTrainer
 
@@ -36,25 +39,75 @@ def setup_cfg(args):
     with --config-file. Beside it: config_given.yaml (before resolution) and schedule.json."""
     cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
     check_config_runnable(cfg)
+    run_directory = None
     if comm.is_main_process():
         check_output_dir_writable(cfg.OUTPUT_DIR)
+        run_directory = claim_run_directory(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
+    # Our errors end the run with one line; detectron2's trainer would log their traceback too.
+    logging.getLogger("detectron2.engine.train_loop").addFilter(_no_traceback_for_user_errors)
     given, schedule = cfg.clone(), None
     if not args.eval_only:
         cfg, schedule = resolve_config(cfg, explicit_config_keys(args.config_file, args.opts))
     cfg.freeze()
-    default_setup(cfg, args)
+    previous_config = _read_if_exists(os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    default_setup(cfg, args)  # logs the config and writes config.yaml
+    if run_directory is not None:
+        # Nothing of an earlier run in OUTPUT_DIR is replaced before this one has started.
+        if previous_config is not None:
+            with atomic_open(os.path.join(cfg.OUTPUT_DIR, "config.yaml")) as f:
+                f.write(previous_config)
+        run_directory.stage("config.yaml", cfg.dump())
+        if schedule is not None:
+            run_directory.stage("config_given.yaml", given.dump())
+            run_directory.stage("schedule.json", json.dumps(json_safe(schedule.as_dict()), indent=2))
     for warning in config_warnings(cfg, training=not args.eval_only):
         logger.warning(warning)
     if schedule is not None:
         logger.info(schedule.format())
         for note in schedule.notes:
             logger.warning(note)
-        if comm.is_main_process():
-            with atomic_open(os.path.join(cfg.OUTPUT_DIR, "config_given.yaml")) as f:
-                f.write(given.dump())
-            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "schedule.json"), schedule.as_dict())
     return cfg
+
+
+def _read_if_exists(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _no_traceback_for_user_errors(record):
+    if record.exc_info and isinstance(record.exc_info[1], CityscapesFTError):
+        record.msg, record.args = f"Training stopped: {str(record.exc_info[1]).splitlines()[0]}", ()
+        record.exc_info = record.exc_text = None
+    return True
+
+
+# The RunDirectory this process holds, per OUTPUT_DIR (main process only).
+_run_directories = {}
+
+
+def claim_run_directory(output_dir):
+    """Hold OUTPUT_DIR for this process's run (again, if this process already holds it)."""
+    key = os.path.abspath(output_dir)
+    if key not in _run_directories:
+        _run_directories[key] = RunDirectory(output_dir).claim()
+    return _run_directories[key]
+
+
+def release_run_directory(output_dir):
+    held = _run_directories.pop(os.path.abspath(output_dir), None)
+    if held is not None:
+        held.release()
+
+
+def _run_started(cfg):
+    """Weights are loaded: the run replaces the earlier run's description files now."""
+    held = _run_directories.get(os.path.abspath(cfg.OUTPUT_DIR))
+    if held is not None:
+        held.commit()
 
 
 def resolve_config(cfg, explicit=None):
@@ -68,24 +121,33 @@ def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):
     """The body of tools/train_net.py's main(): train (optionally resuming) or, with --eval-only,
     evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)."""
     cfg = setup_cfg(args)
-    if args.eval_only:
-        model = trainer_cls.build_model(cfg)
-        checkpointer = build_checkpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
-        checkpoint = load_weights_or_explain(
-            lambda: checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume), cfg.MODEL.WEIGHTS
-        )
-        iteration = checkpoint.get("iteration")
-        weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
-        results = trainer_cls.test(
-            cfg, model, iteration=None if iteration is None else iteration + 1, checkpoint=weights
-        )
-        _draw_predictions_and_report(cfg, model)
+    try:
+        if args.eval_only:
+            return _evaluate(args, cfg, trainer_cls)
+        trainer = trainer_cls(cfg)
+        load_weights_or_explain(lambda: trainer.resume_or_load(resume=args.resume), cfg.MODEL.WEIGHTS)
+        _run_started(cfg)
+        results = trainer.train()
+        _draw_predictions_and_report(cfg, trainer.model)
         return results
+    finally:
+        release_run_directory(cfg.OUTPUT_DIR)
 
-    trainer = trainer_cls(cfg)
-    load_weights_or_explain(lambda: trainer.resume_or_load(resume=args.resume), cfg.MODEL.WEIGHTS)
-    results = trainer.train()
-    _draw_predictions_and_report(cfg, trainer.model)
+
+def _evaluate(args, cfg, trainer_cls):
+    """--eval-only: MODEL.WEIGHTS (or, with --resume, the last checkpoint), loaded exactly."""
+    model = trainer_cls.build_model(cfg)
+    checkpointer = build_checkpointer(cfg, model, save_dir=cfg.OUTPUT_DIR, strict=True)
+    checkpoint = load_weights_or_explain(
+        lambda: checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume), cfg.MODEL.WEIGHTS
+    )
+    _run_started(cfg)
+    iteration = checkpoint.get("iteration")
+    weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+    results = trainer_cls.test(
+        cfg, model, iteration=None if iteration is None else iteration + 1, checkpoint=weights
+    )
+    _draw_predictions_and_report(cfg, model)
     return results
 
 
@@ -100,9 +162,10 @@ def _draw_predictions_and_report(cfg, model):
         out_dir = os.path.join(cfg.OUTPUT_DIR, "predictions")
         with torch.no_grad():
             files = draw_dataset_predictions(
-                cfg, model, cfg.DATASETS.TEST[0], out_dir, cfg.CITYSCAPES_FT.VIS_NUM_IMAGES,
-                cfg.CITYSCAPES_FT.VIS_SCORE_THRESH,
+                cfg, model, cfg.DATASETS.TEST[0], staging_directory(out_dir),
+                cfg.CITYSCAPES_FT.VIS_NUM_IMAGES, cfg.CITYSCAPES_FT.VIS_SCORE_THRESH,
             )
+        replace_directory(out_dir + STAGING_SUFFIX, out_dir)
         logger.info(f"Drew predictions on {len(files)} images of {cfg.DATASETS.TEST[0]} into {out_dir}")
     names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
     class_names = MetadataCatalog.get(names[0]).thing_classes if names else []

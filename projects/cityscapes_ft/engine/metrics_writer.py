@@ -4,6 +4,7 @@ import os
 
 from detectron2.utils.events import JSONWriter
 
+from ..errors import OutputNotWritable
 from ..utils import atomic_open
 
 
@@ -49,6 +50,15 @@ class AtomicJSONWriter(JSONWriter):
         self._file_handle = _LineBuffer()
 
     def write(self):
+        try:
+            self._write()
+        except OSError as e:
+            raise OutputNotWritable(
+                f"Could not write {self._path} ({e.strerror or e}); the records written so far are "
+                "whole. Free space or fix the folder's permissions, then run again with --resume"
+            ) from e
+
+    def _write(self):
         super().write()
         new = [json.loads(line) for line in self._file_handle.lines]
         self._file_handle.lines.clear()

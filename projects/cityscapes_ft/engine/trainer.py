@@ -23,12 +23,13 @@ from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
 from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
 from ..data import build_mapper, training_dataset_dicts
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
-from ..errors import TrainingDiverged
+from ..errors import CheckpointUnreadable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..utils import atomic_write_json
 from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer
+from .run_directory import STAGING_SUFFIX, replace_directory, staging_directory
 from .schedule import check_schedule_resolved, per_process_batch
 from .train_loop import GradientAccumulationTrainer
 
@@ -166,9 +167,58 @@ class CityscapesFTTrainer(DefaultTrainer):
         self.run_seed = state_dict.get("run_seed", self.run_seed)
 
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume=resume)
+        """With `resume` and a checkpoint in OUTPUT_DIR: the newest checkpoint that can be read,
+        loaded exactly (a tensor missing, left over or of another shape is refused); one that
+        cannot be read is skipped with a warning naming it. Otherwise MODEL.WEIGHTS, as a
+        fine-tuning start (head transfer, load report). A resumed run that had finished but was
+        killed before model_final.pth was written writes it now."""
+        if resume and self.checkpointer.has_checkpoint():
+            self._load_newest_readable_checkpoint()
+            self.start_iter = self.iter + 1
+        else:
+            self.checkpointer.strict = False
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
         # The stream restarts from the position that the checkpoint (if any) stored.
         restart_data_stream(self._trainer)
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if resume and self.start_iter >= self.max_iter and comm.is_main_process() and not os.path.isfile(final):
+            logger.info(f"The run had finished but {final} is missing: writing it")
+            self.checkpointer.save("model_final", iteration=self.iter)
+
+    def _load_newest_readable_checkpoint(self):
+        checkpointer = self.checkpointer
+        tagged = checkpointer.get_checkpoint_file()
+
+        def iteration(path):
+            name = os.path.basename(path)
+            if name == "model_final.pth":
+                return float("inf")
+            digits = name[len("model_"):-len(".pth")]
+            return int(digits) if digits.isdigit() else -1
+
+        others = [os.path.join(checkpointer.save_dir, f) for f in os.listdir(checkpointer.save_dir)
+                  if f.startswith("model_") and f.endswith(".pth") and iteration(f) >= 0]
+        skipped = []
+        checkpointer.strict = True
+        for path in [tagged] + sorted(set(others) - {tagged}, key=iteration, reverse=True):
+            if not os.path.isfile(path):
+                logger.warning(f"last_checkpoint names {path}, which does not exist: skipping it")
+                skipped.append(path)
+                continue
+            try:
+                checkpointer.load(path)
+            except CheckpointUnreadable as e:
+                logger.warning(f"--resume: skipping {path}: {e}")
+                skipped.append(path)
+                continue
+            if skipped:
+                logger.warning(f"--resume continues from {path}, the newest checkpoint that loads "
+                               f"(skipped: {', '.join(skipped)})")
+            return
+        raise CheckpointUnreadable(
+            f"--resume found no checkpoint in {checkpointer.save_dir} that can be read (tried "
+            f"{', '.join(skipped)}). Restore one, or start over without --resume"
+        )
 
     def rewrap_model_for_distributed(self):
         """Wrap the model in a new DistributedDataParallel, which takes the parameters that
@@ -285,6 +335,7 @@ class CityscapesFTTrainer(DefaultTrainer):
             batch_size=batch_size, seed=seed, rank=comm.get_rank(),
             world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
+            skip_bad_samples=cfg.CITYSCAPES_FT.ON_BAD_SAMPLE == "skip",
         )
 
     @classmethod
@@ -307,10 +358,26 @@ class CityscapesFTTrainer(DefaultTrainer):
         results = OrderedDict()
         for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
             loader = cls.build_test_loader(cfg, dataset_name)
-            evaluator = evaluators[idx] if evaluators else cls.build_evaluator(cfg, dataset_name)
+            final = staged = None
+            if evaluators:
+                evaluator = evaluators[idx]
+            else:
+                # Written beside the previous evaluation's folder, which it replaces whole at the
+                # end: a kill during evaluation leaves the previous outputs as they were.
+                final = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+                staged = final + STAGING_SUFFIX
+                if comm.is_main_process():
+                    staging_directory(final)
+                comm.synchronize()
+                evaluator = cls.build_evaluator(cfg, dataset_name, output_folder=staged)
             res = inference_on_dataset(model, loader, evaluator)
             results[dataset_name] = res
             if comm.is_main_process():
+                record = {"dataset": dataset_name, "iteration": iteration, "checkpoint": checkpoint,
+                          "results": res}
+                if staged:
+                    atomic_write_json(os.path.join(staged, "results.json"), record)
+                    replace_directory(staged, final)
                 class_names = MetadataCatalog.get(dataset_name).thing_classes
                 logger.info(
                     f"Evaluation of {dataset_name} (iteration {iteration}, weights {checkpoint}):\n"
@@ -319,11 +386,7 @@ class CityscapesFTTrainer(DefaultTrainer):
                 print_csv_format(res)
                 name = f"{dataset_name}_iter{iteration:07d}.json" if iteration is not None else f"{dataset_name}.json"
                 path = os.path.join(cfg.OUTPUT_DIR, "eval_results", name)
-                atomic_write_json(
-                    path,
-                    {"dataset": dataset_name, "iteration": iteration, "checkpoint": checkpoint,
-                     "results": res},
-                )
+                atomic_write_json(path, record)
                 logger.info(f"Evaluation results written to {path}")
         if len(results) == 1:
             results = list(results.values())[0]
