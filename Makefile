@@ -1,7 +1,8 @@
 # The two set-up commands (README.md): `make demo` and `make test`. Both create .venv/ first.
+# `make test-fast` is the edit loop's tier: the tests that train nothing and start no process.
 PY := .venv/bin/python
 
-.PHONY: env demo test
+.PHONY: env demo test test-fast
 env:
 	bash install/setup_env.sh
 
@@ -9,4 +10,7 @@ demo: env
 	$(PY) tools/run_synthetic_demo.py
 
 test: env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
+
+test-fast: env
+	$(PY) -m pytest -q -m "not slow" --durations=10 tests

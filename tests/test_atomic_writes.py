@@ -48,6 +48,7 @@ def test_failed_checkpoint_save_leaves_previous_checkpoint_and_tag(tmp_path, mon
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_finishes(synthetic_root, tmp_path):
     """A checkpoint every iteration, killed with SIGKILL while it trains and saves; the last
     checkpoint named must load, and --resume must finish the run from it, with the weights an
@@ -90,7 +91,8 @@ def test_kill_9_during_training_then_resume_finishes(synthetic_root, tmp_path):
 def test_metrics_writer_replaces_what_a_resumed_run_repeats(tmp_path):
     from detectron2.utils.events import EventStorage
 
-    from cityscapes_ft.engine.metrics_writer import AtomicJSONWriter, read_metrics
+    from cityscapes_ft.engine.metrics_writer import AtomicJSONWriter
+    from cityscapes_ft.utils import read_metrics
 
     path = str(tmp_path / "metrics.json")
     with EventStorage(0) as storage:

@@ -94,6 +94,7 @@ def test_skip_mode_leaves_bad_samples_out_and_lists_them(root, caplog):
         assert path in caplog.text
 
 
+@pytest.mark.slow
 def test_training_can_skip_bad_samples_from_the_command_line(root, tmp_path):
     from test_train_net_cli import train_net
 
@@ -119,6 +120,7 @@ def test_weights_of_another_architecture_are_refused_with_what_did_not_fit(tmp_p
     assert "259 of 307 model tensors found nothing to load" in msg and "backbone.fpn_lateral2.weight" in msg
 
 
+@pytest.mark.slow
 def test_unwritable_output_dir_is_refused_before_any_work(synthetic_root, tmp_path):
     from test_train_net_cli import train_net
 
@@ -129,6 +131,7 @@ def test_unwritable_output_dir_is_refused_before_any_work(synthetic_root, tmp_pa
     assert "Loaded" not in proc.stdout + proc.stderr  # stopped before reading the dataset
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_iteration_terms_and_last_good_checkpoint(synthetic_root, tmp_path):
     from test_train_net_cli import train_net
 

@@ -30,7 +30,7 @@ def test_every_config_loads_with_8_classes_on_our_datasets(path):
 @pytest.mark.parametrize("path", NON_BASE, ids=lambda p: os.path.relpath(p, CONFIGS))
 def test_iteration_configs_run_as_written_at_their_own_batch(path):
     """Rescaling applies only to another batch: a config run as written keeps its numbers."""
-    from cityscapes_ft.engine.schedule import resolve_training_schedule
+    from cityscapes_ft.schedule import resolve_training_schedule
 
     cfg = load_config(path)
     resolved, schedule = resolve_training_schedule(cfg, max(cfg.SOLVER.REFERENCE_WORLD_SIZE, 1), 2975)
@@ -60,7 +60,7 @@ def test_cs_ft_is_the_published_recipe():
     sched = cfg.CITYSCAPES_FT.SCHEDULE
     assert sched.UNIT == "epochs" and sched.MAX_EPOCHS == 64 and tuple(sched.STEPS_EPOCHS) == (56,)
     assert sched.REFERENCE_IMS_PER_BATCH == 8
-    from cityscapes_ft.engine.schedule import resolve_training_schedule
+    from cityscapes_ft.schedule import resolve_training_schedule
 
     resolved, schedule = resolve_training_schedule(cfg, 1, 2975)  # gtFine train size
     assert resolved.SOLVER.MAX_ITER == 23800 and tuple(resolved.SOLVER.STEPS) == (20825,)
@@ -69,7 +69,7 @@ def test_cs_ft_is_the_published_recipe():
 
 
 def test_paper_config_is_the_mask_rcnn_papers_4k_fine_tune():
-    from cityscapes_ft.engine.schedule import resolve_training_schedule
+    from cityscapes_ft.schedule import resolve_training_schedule
 
     cfg = load_config(os.path.join(CONFIGS, "cs_ft_paper_4k.yaml"))
     resolved, _ = resolve_training_schedule(cfg, 1, 2975)

@@ -167,6 +167,7 @@ def test_parallel_and_single_process_agree(dataset, tmp_path):
     assert json.dumps(one["cityscapes"]) == json.dumps(two["cityscapes"])  # NaN-safe, exact
 
 
+@pytest.mark.slow
 def test_benchmark_compares_with_detectron2_on_the_same_predictions(tmp_path):
     from cityscapes_ft.benchmarks.evaluation_speed import argument_parser, run
 

@@ -137,6 +137,7 @@ def test_cs_ft_config_maps_rider_to_person():
     assert cfg.MODEL.HEAD_TRANSFER.SOURCE_DATASET == "coco_2017_train"
 
 
+@pytest.mark.slow
 def test_train_net_loads_a_zoo_pkl_with_the_report_in_the_log(coco_zoo_pkl, synthetic_root, tmp_path):
     from test_train_net_cli import train_net
 

@@ -16,7 +16,9 @@ import torch
 from conftest import REPO, TINY, load_config, train_net
 from detectron2.modeling import build_model
 
-from cityscapes_ft.engine.metrics_writer import read_metrics
+from cityscapes_ft.utils import read_metrics
+
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
 
 SHORT = ("TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "7")
 

@@ -15,8 +15,8 @@ from conftest import CONFIGS, CS_FT_ON_CPU, REPO, TINY, load_config, run, train_
 
 from cityscapes_ft.config import explicit_config_keys
 from cityscapes_ft.engine.launch import find_process_place, first_slurm_host
-from cityscapes_ft.engine.metrics_writer import read_metrics
-from cityscapes_ft.engine.schedule import resolve_training_schedule
+from cityscapes_ft.utils import read_metrics
+from cityscapes_ft.schedule import resolve_training_schedule
 
 CS_FT = os.path.join(CONFIGS, "cs_ft.yaml")
 PAPER_4K = os.path.join(CONFIGS, "cs_ft_paper_4k.yaml")
@@ -80,6 +80,7 @@ def test_a_users_own_yaml_above_the_recipe_states_values_to_use_as_given(tmp_pat
     assert explicit_config_keys(CS_FT, ()) == {} and explicit_config_keys(PAPER_4K, ()) == {}
 
 
+@pytest.mark.slow
 def test_config_yaml_is_the_config_that_ran_and_reproduces_its_schedule(synthetic_root, tmp_path):
     out, again = str(tmp_path / "run"), str(tmp_path / "again")
     typed = ("SOLVER.MAX_ITER", "6", "SOLVER.BASE_LR", "0.01", "SOLVER.IMS_PER_BATCH", "2")
@@ -108,6 +109,7 @@ def test_config_yaml_is_the_config_that_ran_and_reproduces_its_schedule(syntheti
     assert set(second["given"]) == {"DATASETS.TEST", "OUTPUT_DIR"} and first["max_iter"] == 6
 
 
+@pytest.mark.slow
 def test_every_config_check_happens_before_training(synthetic_root, tmp_path):
     proc = train_net("CITYSCAPES_FT.EVAL_TASKS", '("cityscapes", "box")', "OUTPUT_DIR", str(tmp_path),
                      datasets=synthetic_root, expect_ok=False)
@@ -138,6 +140,7 @@ def test_torchrun_and_slurm_places_are_read_from_their_environment():
     assert first_slurm_host("c[010,012]") == "c010"
 
 
+@pytest.mark.slow
 def test_torchrun_with_num_gpus_is_refused_in_one_line(synthetic_root, tmp_path):
     proc = train_net("--num-gpus", "2", "OUTPUT_DIR", str(tmp_path), datasets=synthetic_root,
                      expect_ok=False, env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
@@ -172,6 +175,7 @@ def _assert_one_job_of_two(out, reference):
     assert_same_weights(os.path.join(out, "model_final.pth"), os.path.join(reference, "model_final.pth"))
 
 
+@pytest.mark.slow
 def test_torchrun_starts_one_job_equal_to_num_gpus(num_gpus_2_run, synthetic_root, tmp_path):
     out = str(tmp_path)
     run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
@@ -180,6 +184,7 @@ def test_torchrun_starts_one_job_equal_to_num_gpus(num_gpus_2_run, synthetic_roo
     _assert_one_job_of_two(out, num_gpus_2_run)
 
 
+@pytest.mark.slow
 def test_slurm_tasks_join_one_job_equal_to_num_gpus(num_gpus_2_run, synthetic_root, tmp_path):
     out = str(tmp_path)
     env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="1", SLURM_NTASKS="2",
@@ -220,6 +225,7 @@ def _train_net_in_process(*argv):
     return train_or_evaluate(argument_parser().parse_args(["--config-file", TINY, *argv]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN", "SyncBN", "GN"])
 @pytest.mark.parametrize("head_transfer", [True, False])
 def test_checkpoints_of_every_normalisation_load_resume_and_evaluate(norm, head_transfer, cityscapes_env,
@@ -241,6 +247,7 @@ def test_checkpoints_of_every_normalisation_load_resume_and_evaluate(norm, head_
     assert set(results) == {"cityscapes", "bbox", "segm"}
 
 
+@pytest.mark.slow
 def test_bn_model_trained_killed_resumed_then_evaluated_with_head_transfer(synthetic_root, tmp_path):
     stand_in = str(tmp_path / "coco.pkl")
     _coco_stand_in(stand_in, "BN")
@@ -271,6 +278,7 @@ def test_bn_model_trained_killed_resumed_then_evaluated_with_head_transfer(synth
 
 # --- hooks holding their state -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_best_checkpoints_score_survives_resume(cityscapes_env, tmp_path):
     from detectron2.utils.events import EventStorage
 

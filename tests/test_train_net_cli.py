@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO, run, train_net
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 def test_training_writes_checkpoints_with_optimizer_scheduler_and_iteration(trained):
     out, _ = trained
     assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"

@@ -9,8 +9,8 @@ import torch
 from conftest import CONFIGS, load_config
 from conftest import TINY, train_net
 
-from cityscapes_ft.engine.metrics_writer import read_metrics
-from cityscapes_ft.engine.schedule import resolve_training_schedule
+from cityscapes_ft.utils import read_metrics
+from cityscapes_ft.schedule import resolve_training_schedule
 from cityscapes_ft.errors import ConfigNotRunnable
 
 NUM_TRAIN = 8  # conftest's synthetic training split
@@ -124,6 +124,7 @@ def test_schedule_mistakes_are_named():
 
 # --- LR traces recorded by short runs ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_lr_trace_in_epoch_mode_follows_the_formula(cityscapes_env, tmp_path):
     # 8 images / 2 per step = 4 iterations per epoch: 3 epochs = 12 iterations, step at epoch 2
     cfg = tiny_cfg(tmp_path, "CITYSCAPES_FT.SCHEDULE.UNIT", "epochs", "CITYSCAPES_FT.SCHEDULE.MAX_EPOCHS", "3",
@@ -137,6 +138,7 @@ def test_lr_trace_in_epoch_mode_follows_the_formula(cityscapes_env, tmp_path):
         assert trace[t] == pytest.approx(expected_lr(t, 0.005, 4, 0.001, [8]), rel=1e-9), t
 
 
+@pytest.mark.slow
 def test_layerwise_multipliers_scale_each_parts_lr_and_weight_decay_follows_kind(cityscapes_env, tmp_path):
     from cityscapes_ft.engine import CityscapesFTTrainer
     from cityscapes_ft.engine.optimizer import build_layerwise_optimizer
@@ -173,6 +175,7 @@ def test_layerwise_multipliers_scale_each_parts_lr_and_weight_decay_follows_kind
 
 # --- staged freezing --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_frozen_backbone_gets_no_gradient_and_stays_bit_identical_then_trains(cityscapes_env, tmp_path):
     from detectron2.engine import HookBase
 
@@ -219,6 +222,7 @@ def test_frozen_backbone_gets_no_gradient_and_stays_bit_identical_then_trains(ci
     assert ckpt["trainer"]["hooks"]["StagedBackboneFreeze"]["frozen"] is True
 
 
+@pytest.mark.slow
 def test_freezing_in_two_cpu_processes_with_world_size_scaling(synthetic_root, tmp_path):
     from cityscapes_ft.engine import CityscapesFTTrainer
 
@@ -271,6 +275,7 @@ def _train_and_fingerprint(out_dir, datasets, cache_dir):
             json.dump(gathered, f)
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights_through_the_freeze_switch(synthetic_root, tmp_path):
     """DDP is re-wrapped at the switch: after it, gradients of the backbone and FPN must still be
     all-reduced, or the processes (each on its own images) would drift apart."""
@@ -339,6 +344,7 @@ def test_gradient_accumulation_equals_the_large_batch_step():
         large_storage.history("total_loss").latest(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_accumulation_in_the_trainer_splits_the_batch_and_counts_optimizer_steps(cityscapes_env, tmp_path):
     cfg = tiny_cfg(tmp_path, "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", "2", "SOLVER.MAX_ITER", "3",
                    "SOLVER.STEPS", "(2,)")
@@ -349,6 +355,7 @@ def test_accumulation_in_the_trainer_splits_the_batch_and_counts_optimizer_steps
     assert sorted(lr_trace(tmp_path)) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_amp_on_cpu_is_refused_with_the_fix(synthetic_root, tmp_path):
     proc = train_net("SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path), datasets=synthetic_root,
                      expect_ok=False)
@@ -356,6 +363,7 @@ def test_amp_on_cpu_is_refused_with_the_fix(synthetic_root, tmp_path):
     assert "SOLVER.AMP.ENABLED" in proc.stderr and "CUDA" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP needs CUDA")
 def test_amp_with_accumulation_trains_on_cuda(cityscapes_env, tmp_path):
     cfg = tiny_cfg(tmp_path, "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True",
@@ -377,6 +385,7 @@ def _resume_from(checkpoint, out_dir, cfg_opts):
     return train_in_process(tiny_cfg(out_dir, *cfg_opts), resume=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after,accumulation", [(1, 1), (4, 1), (2, 2)],
                          ids=["while-frozen", "after-unfreezing", "accumulating"])
 def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(cityscapes_env, tmp_path, stop_after,
@@ -404,6 +413,7 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(citys
     assert ckpt["trainer"]["data"]["batches_consumed"] == 7 * accumulation
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_two_process_run_then_resume_ends_as_if_never_stopped(synthetic_root, tmp_path):
     """The launcher killed with SIGKILL takes its workers with it (orphans would train on and write
     checkpoints beside the resumed run); --resume in the frozen phase ends with the weights of an

@@ -51,6 +51,7 @@ def test_instances_are_drawn_in_their_cityscapes_colour():
     assert (low == image).all()
 
 
+@pytest.mark.slow
 def test_demo_draws_images_and_skips_unreadable_ones(trained, synthetic_root, tmp_path):
     out, _ = trained
     inputs = tmp_path / "in"
@@ -73,6 +74,7 @@ def test_demo_draws_images_and_skips_unreadable_ones(trained, synthetic_root, tm
     assert changed > 0.01  # detections were drawn
 
 
+@pytest.mark.slow
 def test_demo_video_gives_a_video_with_the_same_frame_count(trained, synthetic_root, tmp_path):
     out, _ = trained
     video = str(tmp_path / "drive.mp4")
@@ -92,6 +94,7 @@ def test_demo_video_gives_a_video_with_the_same_frame_count(trained, synthetic_r
     assert int(result.get(cv2.CAP_PROP_FRAME_WIDTH)) == w
 
 
+@pytest.mark.slow
 def test_demo_bad_input_is_one_clear_message(synthetic_root, tmp_path):
     proc = tool("demo.py", "--config-file", TINY, "--input", str(tmp_path / "*.png"), "--output", str(tmp_path),
                 datasets=synthetic_root, expect_ok=False)
@@ -114,6 +117,7 @@ def test_visualize_data_draws_the_split(synthetic_root, tmp_path, source):
         assert min(size) in (96, 128)  # INPUT.MIN_SIZE_TRAIN of the tiny config
 
 
+@pytest.mark.slow
 def test_visualize_json_results_draws_saved_predictions_beside_ground_truth(trained, synthetic_root, tmp_path):
     out, _ = trained
     saved = os.path.join(out, "inference", "cityscapes_ft_instance_val", "instances_predictions.json")
@@ -124,6 +128,7 @@ def test_visualize_json_results_draws_saved_predictions_beside_ground_truth(trai
     assert Image.open(pictures[0]).size == (512, 128)  # prediction | ground truth
 
 
+@pytest.mark.slow
 def test_training_leaves_curves_report_and_tensorboard_events(trained):
     out, _ = trained
     assert glob.glob(os.path.join(out, "events.out.tfevents.*"))
@@ -158,6 +163,7 @@ def chromium():
     return path
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(trained, chromium, tmp_path):
     out, _ = trained
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -105,3 +105,16 @@ def cpus_per_local_process() -> int:
     from detectron2.utils import comm
 
     return max(1, (os.cpu_count() or 1) // max(1, comm.get_local_size()))
+
+
+def read_metrics(path):
+    """The complete records of a metrics.json (a torn last line from an old writer is dropped)."""
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break
+    return records

@@ -15,9 +15,10 @@ from ..config import explicit_config_keys, load_cityscapes_ft_cfg
 from ..data import training_dataset_dicts
 from ..errors import CityscapesFTError
 from ..utils import atomic_open, json_safe
+from ..visualization import draw_dataset_predictions, write_run_report
 from ..weights import load_weights_or_explain
 from .run_directory import STAGING_SUFFIX, RunDirectory, replace_directory, staging_directory
-from .schedule import resolve_training_schedule
+from ..schedule import resolve_training_schedule
 from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger("cityscapes_ft")
@@ -155,8 +156,6 @@ def _draw_predictions_and_report(cfg, model):
     """Main process, after training or evaluation: prediction pictures, then OUTPUT_DIR/report.html."""
     if not comm.is_main_process():
         return
-    from ..visualization import draw_dataset_predictions, write_run_report
-
     if cfg.CITYSCAPES_FT.VIS_NUM_IMAGES > 0 and cfg.DATASETS.TEST:
         model = model.module if hasattr(model, "module") else model
         out_dir = os.path.join(cfg.OUTPUT_DIR, "predictions")

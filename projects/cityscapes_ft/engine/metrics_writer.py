@@ -5,7 +5,7 @@ import os
 from detectron2.utils.events import JSONWriter
 
 from ..errors import OutputNotWritable
-from ..utils import atomic_open
+from ..utils import atomic_open, read_metrics
 
 
 class _LineBuffer:
@@ -19,19 +19,6 @@ class _LineBuffer:
 
     def flush(self):
         pass
-
-
-def read_metrics(path):
-    """The complete records of a metrics.json (a torn last line from an old writer is dropped)."""
-    records = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    break
-    return records
 
 
 class AtomicJSONWriter(JSONWriter):

@@ -47,6 +47,8 @@ class GradientAccumulationTrainer(SimpleTrainer):
                 (self.grad_scaler.scale(losses) if self.amp else losses).backward()
             for key, value in loss_dict.items():
                 summed[key] = summed.get(key, 0.0) + value.detach().float() / n
+        if hasattr(self, "after_backward"):  # upstream detectron2's hook point; v0.6 has none
+            self.after_backward()
         self._write_metrics(summed, data_time)
         if self.amp:
             self.grad_scaler.unscale_(self.optimizer)

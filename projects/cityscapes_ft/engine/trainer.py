@@ -30,7 +30,7 @@ from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer
 from .run_directory import STAGING_SUFFIX, replace_directory, staging_directory
-from .schedule import check_schedule_resolved, per_process_batch
+from ..schedule import check_schedule_resolved, per_process_batch
 from .train_loop import GradientAccumulationTrainer
 
 logger = logging.getLogger(__name__)
@@ -58,13 +58,14 @@ def _ddp_accepts_cpu_models():
 
 
 def restart_data_stream(simple_trainer):
-    """Make the next run_step draw from a new iterator over the trainer's data loader. v0.6 keeps
-    it in `_data_loader_iter`; upstream detectron2 makes that a property over
-    `_data_loader_iter_obj`, created lazily."""
-    if isinstance(getattr(type(simple_trainer), "_data_loader_iter", None), property):
-        simple_trainer._data_loader_iter_obj = None
+    """Make the next run_step draw from a new iterator over the trainer's data loader: upstream
+    detectron2's public SimpleTrainer.reset_data_loader; v0.6 has none and keeps the iterator in
+    `_data_loader_iter`, which upstream turned into a read-only property."""
+    loader = simple_trainer.data_loader
+    if hasattr(simple_trainer, "reset_data_loader"):
+        simple_trainer.reset_data_loader(lambda: loader)
     else:
-        simple_trainer._data_loader_iter = iter(simple_trainer.data_loader)
+        simple_trainer._data_loader_iter = iter(loader)
 
 
 class BestCheckpointerWithState(hooks.BestCheckpointer):

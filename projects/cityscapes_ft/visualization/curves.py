@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..engine.metrics_writer import read_metrics  # noqa: E402
+from ..utils import read_metrics  # noqa: E402
 from ..errors import CityscapesFTError  # noqa: E402
 
 EVAL_KEYS = ("cityscapes/AP", "cityscapes/AP50", "bbox/AP", "segm/AP")

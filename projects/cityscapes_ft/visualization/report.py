@@ -5,7 +5,7 @@ import html
 import json
 import os
 
-from ..engine.schedule import TrainingSchedule
+from ..schedule import TrainingSchedule
 from ..utils import atomic_open
 from .curves import plot_training_curves
 

@@ -4,8 +4,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Mapping, Optional, Tuple
 
-from ..config import LR_SCALING_RULES
-from ..errors import ConfigNotRunnable
+from .config import LR_SCALING_RULES
+from .errors import ConfigNotRunnable
 
 
 
