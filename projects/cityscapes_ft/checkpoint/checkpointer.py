@@ -77,7 +77,15 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
 
     def load(self, path, *args, **kwargs):
         self._loading = path
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        except CheckpointUnreadable:
+            # Upstream detectron2's DetectionCheckpointer.load keeps the URL of the load under way
+            # in this attribute and asserts it is clear at the next load; a failed read leaves it
+            # set. Cleared here so that --resume can go on to an older checkpoint.
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
+            raise
 
     def _load_file(self, f):
         try:
