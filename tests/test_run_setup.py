@@ -207,12 +207,12 @@ def test_slurm_tasks_join_one_job_equal_to_num_gpus(num_gpus_2_run, synthetic_ro
 
 # --- checkpoints of every normalisation, with and without head transfer ----------------------
 
-def _coco_stand_in(path, norm):
+def _coco_stand_in(path, norm, *opts):
     """A model-zoo style .pkl (numpy arrays, matching_heuristics) of an 80-class model with
     `norm` in its backbone, BatchNorm's 0-d num_batches_tracked included."""
     from detectron2.modeling import build_model
 
-    cfg = load_config(TINY, "MODEL.RESNETS.NORM", norm, "MODEL.ROI_HEADS.NUM_CLASSES", "80")
+    cfg = load_config(TINY, "MODEL.RESNETS.NORM", norm, "MODEL.ROI_HEADS.NUM_CLASSES", "80", *opts)
     state = {k: v.detach().numpy() for k, v in build_model(cfg).state_dict().items()}
     assert norm not in ("BN", "SyncBN") or any(v.ndim == 0 for v in state.values())
     with open(path, "wb") as f:
@@ -245,6 +245,22 @@ def test_checkpoints_of_every_normalisation_load_resume_and_evaluate(norm, head_
     results = _train_net_in_process("--eval-only", *common, "MODEL.WEIGHTS",
                                      os.path.join(out, "model_final.pth"))
     assert set(results) == {"cityscapes", "bbox", "segm"}
+
+
+def test_cascade_checkpoint_transfers_the_classifier_of_every_stage(tmp_path):
+    from detectron2.modeling import build_model
+
+    from cityscapes_ft.checkpoint import build_checkpointer
+
+    cascade = ("MODEL.ROI_HEADS.NAME", "CascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True")
+    stand_in = str(tmp_path / "cascade_coco.pkl")
+    _coco_stand_in(stand_in, "GN", *cascade)  # the tiny config's norm
+    cfg = load_config(TINY, *cascade, "MODEL.HEAD_TRANSFER.CLASS_MAP", HEAD_TRANSFER_MAP)
+    checkpointer = build_checkpointer(cfg, build_model(cfg))
+    checkpointer.load(stand_in)
+    report = checkpointer.last_load_report
+    assert {f"roi_heads.box_predictor.{stage}.cls_score.weight" for stage in range(3)} <= set(report.transferred)
+    assert report.fresh == [] and report.unused == []
 
 
 @pytest.mark.slow
