@@ -304,3 +304,24 @@ def test_training_killed_at_random_points_ends_as_the_uninterrupted_run(syntheti
     # window, which a resumed process starts anew, so they are compared through the weights)
     assert [r["iteration"] for r in ours] == [r["iteration"] for r in theirs] == list(range(12))
     assert [r["lr"] for r in ours] == [r["lr"] for r in theirs]
+
+
+def test_a_checkpoint_written_by_plain_detectron2_resumes(finished_run, synthetic_root, tmp_path):
+    """What detectron2 v0.6's DefaultTrainer saves: no optimizer state, no data-stream position,
+    its LRScheduler hook's name. Upstream detectron2 reads `_trainer` unconditionally; ours does
+    not need it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt = torch.load(finished_run / "model_0000001.pth", map_location="cpu", weights_only=False)
+    trainer = ckpt["trainer"]
+    plain = {"model": ckpt["model"], "iteration": 1,
+             "trainer": {"iteration": trainer["iteration"],
+                         "hooks": {"LRScheduler": trainer["hooks"]["LayerwiseLRScheduler"]}}}
+    torch.save(plain, out / "model_0000001.pth")
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    proc = train_net("--resume", "SOLVER.MAX_ITER", "3", *SHORT, "OUTPUT_DIR", str(out), datasets=synthetic_root)
+    log = proc.stdout + proc.stderr
+    assert "no optimizer state" in log and "no data-stream position" in log
+    assert [r["iteration"] for r in read_metrics(out / "metrics.json") if "lr" in r] == [2]
+    resumed = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["iteration"] == 2 and resumed["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 3
