@@ -325,3 +325,10 @@ def test_a_checkpoint_written_by_plain_detectron2_resumes(finished_run, syntheti
     assert [r["iteration"] for r in read_metrics(out / "metrics.json") if "lr" in r] == [2]
     resumed = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert resumed["iteration"] == 2 and resumed["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 3
+
+
+def test_a_start_that_fails_leaves_the_folder_free(tmp_path):
+    failed = train_net("SOLVER.MAX_ITER", "2", *SHORT, "OUTPUT_DIR", str(tmp_path / "out"),
+                       datasets=str(tmp_path / "no_data_here"), expect_ok=False)
+    assert failed.returncode == 2 and "Cityscapes folder not found" in failed.stderr
+    assert (tmp_path / "out" / ".cityscapes_ft_run.lock").read_text() == ""  # released, not left held

@@ -75,11 +75,16 @@ class atomic_open:
             os.unlink(self.tmp)
 
 
+def json_text(data) -> str:
+    """The JSON our result files hold: indented, NaN/inf as null, numpy scalars as numbers."""
+    return json.dumps(json_safe(data), indent=2)
+
+
 def atomic_write_json(path: str, data) -> None:
     """Write JSON so that readers never see half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_open(path, "w") as f:
-        json.dump(json_safe(data), f, indent=2)
+        f.write(json_text(data))
 
 
 def set_local_process_group(local_size: int) -> None:

@@ -1,5 +1,4 @@
 """What tools/train_net.py runs: the config pipeline and the train / evaluate entry point."""
-import json
 import logging
 import os
 
@@ -14,11 +13,18 @@ from ..checks import check_config_runnable, check_output_dir_writable, config_wa
 from ..config import explicit_config_keys, load_cityscapes_ft_cfg
 from ..data import training_dataset_dicts
 from ..errors import CityscapesFTError
-from ..utils import atomic_open, json_safe
+from ..schedule import resolve_training_schedule
+from ..utils import atomic_open, json_text
 from ..visualization import draw_dataset_predictions, write_run_report
 from ..weights import load_weights_or_explain
-from .run_directory import STAGING_SUFFIX, RunDirectory, replace_directory, staging_directory
-from ..schedule import resolve_training_schedule
+from .run_directory import (
+    STAGING_SUFFIX,
+    commit_run_files,
+    hold_output_dir,
+    release_output_dir,
+    replace_directory,
+    staging_directory,
+)
 from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger("cityscapes_ft")
@@ -43,7 +49,18 @@ def setup_cfg(args):
     run_directory = None
     if comm.is_main_process():
         check_output_dir_writable(cfg.OUTPUT_DIR)
-        run_directory = claim_run_directory(cfg.OUTPUT_DIR)
+        run_directory = hold_output_dir(cfg.OUTPUT_DIR)
+    try:
+        cfg = _resolve_freeze_and_write(args, cfg, run_directory)
+    except BaseException:
+        release_output_dir(cfg.OUTPUT_DIR)  # a start that fails leaves the folder free
+        raise
+    return cfg
+
+
+def _resolve_freeze_and_write(args, cfg, run_directory):
+    """setup_cfg after the checks: logging, the schedule resolved, freeze, default_setup, the
+    run's description files staged."""
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
     # Our errors end the run with one line; detectron2's trainer would log their traceback too.
     logging.getLogger("detectron2.engine.train_loop").addFilter(_no_traceback_for_user_errors)
@@ -61,7 +78,7 @@ def setup_cfg(args):
         run_directory.stage("config.yaml", cfg.dump())
         if schedule is not None:
             run_directory.stage("config_given.yaml", given.dump())
-            run_directory.stage("schedule.json", json.dumps(json_safe(schedule.as_dict()), indent=2))
+            run_directory.stage("schedule.json", json_text(schedule.as_dict()))
     for warning in config_warnings(cfg, training=not args.eval_only):
         logger.warning(warning)
     if schedule is not None:
@@ -86,31 +103,6 @@ def _no_traceback_for_user_errors(record):
     return True
 
 
-# The RunDirectory this process holds, per OUTPUT_DIR (main process only).
-_run_directories = {}
-
-
-def claim_run_directory(output_dir):
-    """Hold OUTPUT_DIR for this process's run (again, if this process already holds it)."""
-    key = os.path.abspath(output_dir)
-    if key not in _run_directories:
-        _run_directories[key] = RunDirectory(output_dir).claim()
-    return _run_directories[key]
-
-
-def release_run_directory(output_dir):
-    held = _run_directories.pop(os.path.abspath(output_dir), None)
-    if held is not None:
-        held.release()
-
-
-def _run_started(cfg):
-    """Weights are loaded: the run replaces the earlier run's description files now."""
-    held = _run_directories.get(os.path.abspath(cfg.OUTPUT_DIR))
-    if held is not None:
-        held.commit()
-
-
 def resolve_config(cfg, explicit=None):
     """(config, TrainingSchedule) for training in this process's job: the schedule resolved for
     its number of processes and the training set's size. `explicit`: the keys the user set, used
@@ -127,12 +119,12 @@ def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):
             return _evaluate(args, cfg, trainer_cls)
         trainer = trainer_cls(cfg)
         load_weights_or_explain(lambda: trainer.resume_or_load(resume=args.resume), cfg.MODEL.WEIGHTS)
-        _run_started(cfg)
+        commit_run_files(cfg.OUTPUT_DIR)
         results = trainer.train()
         _draw_predictions_and_report(cfg, trainer.model)
         return results
     finally:
-        release_run_directory(cfg.OUTPUT_DIR)
+        release_output_dir(cfg.OUTPUT_DIR)
 
 
 def _evaluate(args, cfg, trainer_cls):
@@ -142,7 +134,7 @@ def _evaluate(args, cfg, trainer_cls):
     checkpoint = load_weights_or_explain(
         lambda: checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume), cfg.MODEL.WEIGHTS
     )
-    _run_started(cfg)
+    commit_run_files(cfg.OUTPUT_DIR)
     iteration = checkpoint.get("iteration")
     weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
     results = trainer_cls.test(

@@ -128,3 +128,28 @@ def staging_directory(final: str) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     return staging
+
+
+# The RunDirectory this process holds, per OUTPUT_DIR (main process only).
+_held = {}
+
+
+def hold_output_dir(output_dir: str) -> RunDirectory:
+    """Claim OUTPUT_DIR for this process's run (the same RunDirectory if it holds it already)."""
+    key = os.path.abspath(output_dir)
+    if key not in _held:
+        _held[key] = RunDirectory(output_dir).claim()
+    return _held[key]
+
+
+def commit_run_files(output_dir: str):
+    """The run has loaded its weights: write the files it staged (no-op where not held)."""
+    held = _held.get(os.path.abspath(output_dir))
+    if held is not None:
+        held.commit()
+
+
+def release_output_dir(output_dir: str):
+    held = _held.pop(os.path.abspath(output_dir), None)
+    if held is not None:
+        held.release()

@@ -13,10 +13,10 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
-from fvcore.nn.precise_bn import get_bn_modules
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
+from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
@@ -25,12 +25,12 @@ from ..data import build_mapper, training_dataset_dicts
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import CheckpointUnreadable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
+from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
 from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer
 from .run_directory import STAGING_SUFFIX, replace_directory, staging_directory
-from ..schedule import check_schedule_resolved, per_process_batch
 from .train_loop import GradientAccumulationTrainer
 
 logger = logging.getLogger(__name__)
