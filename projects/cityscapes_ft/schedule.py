@@ -46,13 +46,16 @@ class TrainingSchedule:
 
     @property
     def iters_per_epoch(self) -> Optional[float]:
+        """Iterations per pass over the training set, None where its size is unknown."""
         return self.dataset_size / self.ims_per_batch if self.dataset_size else None
 
     def epochs(self, iters: int) -> str:
+        """`iters` in passes over the training set, as text."""
         ipe = self.iters_per_epoch
         return f"{iters / ipe:.2f} epochs" if ipe else "epochs unknown"
 
     def as_dict(self) -> dict:
+        """The fields and iters_per_epoch, as schedule.json holds them."""
         return dict(asdict(self), iters_per_epoch=self.iters_per_epoch)
 
     @classmethod
@@ -86,6 +89,7 @@ class TrainingSchedule:
         ]
 
     def format(self) -> str:
+        """The schedule as logged at the start of training."""
         return "\n".join([f"Training schedule (stated in {self.unit}):"]
                          + [f"  {what}: {value}" for what, value in self.rows()])
 

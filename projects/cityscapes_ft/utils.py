@@ -62,6 +62,7 @@ class atomic_open:
         return False
 
     def close(self):
+        """Flush, sync and move the temporary file into place."""
         if self._f.closed:
             return
         self._f.flush()
@@ -70,6 +71,7 @@ class atomic_open:
         os.replace(self.tmp, self.path)
 
     def discard(self):
+        """Close and delete the temporary file; the target stays as it was."""
         self._f.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)

@@ -15,6 +15,7 @@ class AtomicWritePathManager:
         return getattr(self._pm, name)
 
     def open(self, path, mode="r", **kwargs):
+        """Local files opened for writing are atomic_open files; the rest is the wrapped manager's."""
         if mode in ("w", "wb") and "://" not in str(path):
             return atomic_open(path, mode)
         return self._pm.open(path, mode, **kwargs)

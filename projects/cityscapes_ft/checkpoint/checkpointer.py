@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LoadReport:
+    """What one load did with each tensor: loaded, transferred by class map, fresh, unused."""
     source: str = ""
     loaded: List[str] = field(default_factory=list)
     transferred: List[str] = field(default_factory=list)
@@ -27,6 +28,7 @@ class LoadReport:
     unused: List[str] = field(default_factory=list)
 
     def format(self) -> str:
+        """The report as the log shows it, long name lists shortened."""
         def names(keys, limit=12):
             shown = ", ".join(keys[:limit])
             return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
@@ -76,6 +78,7 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
             super().tag_last_checkpoint(last_filename_basename)
 
     def load(self, path, *args, **kwargs):
+        """DetectionCheckpointer.load, remembering the path for the load report and error messages."""
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
@@ -100,6 +103,7 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
             ) from e
 
     def save(self, name, **kwargs):
+        """Save atomically; a failed write is one OutputNotWritable naming the file."""
         try:
             super().save(name, **kwargs)
         except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
@@ -188,12 +192,14 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
 
 
 def source_classes_from_cfg(cfg) -> List[str]:
+    """The checkpoint's class names: HEAD_TRANSFER.SOURCE_CLASSES, else SOURCE_DATASET's."""
     if cfg.MODEL.HEAD_TRANSFER.SOURCE_CLASSES:
         return list(cfg.MODEL.HEAD_TRANSFER.SOURCE_CLASSES)
     return list(MetadataCatalog.get(cfg.MODEL.HEAD_TRANSFER.SOURCE_DATASET).thing_classes)
 
 
 def target_classes_from_cfg(cfg) -> List[str]:
+    """The model's class names, from the first training (else test) dataset."""
     for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST):
         if names:
             classes = MetadataCatalog.get(names[0]).get("thing_classes")
@@ -203,6 +209,7 @@ def target_classes_from_cfg(cfg) -> List[str]:
 
 
 def build_checkpointer(cfg, model, save_dir="", **checkpointables) -> CityscapesFTCheckpointer:
+    """A CityscapesFTCheckpointer with cfg's class map; keyword arguments go to the checkpointer."""
     class_map = list(cfg.MODEL.HEAD_TRANSFER.CLASS_MAP)
     return CityscapesFTCheckpointer(
         model,

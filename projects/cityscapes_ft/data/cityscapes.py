@@ -46,6 +46,7 @@ def cityscapes_root() -> str:
 
 @dataclass
 class CityscapesFile:
+    """The files of one Cityscapes image: image, polygons JSON, instanceIds PNG, and its id."""
     image_file: str
     polygons_file: str
     instance_ids_file: str

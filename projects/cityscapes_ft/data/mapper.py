@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_mapper(cfg, is_train: bool):
+    """The mapper that INPUT.DATASET_MAPPER_NAME names in MAPPER_REGISTRY."""
     return MAPPER_REGISTRY.get(cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train)
 
 

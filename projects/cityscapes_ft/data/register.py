@@ -47,6 +47,7 @@ def register_cityscapes_ft_instances(name: str, split: str, root=None):
 
 
 def register_all_cityscapes_ft():
+    """Register cityscapes_ft_instance_{train,val} unless already registered."""
     for name, split in CITYSCAPES_FT_SPLITS.items():
         if name not in DatasetCatalog.list():
             register_cityscapes_ft_instances(name, split)

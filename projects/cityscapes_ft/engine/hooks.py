@@ -33,6 +33,7 @@ class StagedBackboneFreeze(HookBase):
 
     @property
     def part(self) -> str:
+        """What is frozen, in words."""
         return "backbone and FPN" if self.include_fpn else "backbone"
 
     def before_train(self):

@@ -58,6 +58,7 @@ def _find_free_port() -> int:
 
 
 def distributed_backend() -> str:
+    """NCCL where CUDA is available, gloo otherwise."""
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 

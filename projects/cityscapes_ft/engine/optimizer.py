@@ -15,6 +15,7 @@ NORM_TYPES = (
 
 
 def unwrap(model):
+    """The model inside a DistributedDataParallel wrapper, or the model itself."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 

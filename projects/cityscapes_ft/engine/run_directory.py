@@ -35,9 +35,11 @@ class RunDirectory:
 
     @property
     def lock_path(self):
+        """OUTPUT_DIR/.cityscapes_ft_run.lock, which holds the holder's pid, host and command."""
         return os.path.join(self.output_dir, LOCK_FILE)
 
     def claim(self):
+        """Lock OUTPUT_DIR for this run and remove what interrupted runs left; returns self."""
         os.makedirs(self.output_dir, exist_ok=True)
         lock = open(self.lock_path, "a+")
         try:
@@ -86,15 +88,18 @@ class RunDirectory:
                     dirs.remove(name)
 
     def stage(self, name: str, text: str):
+        """Keep `text` to be written as OUTPUT_DIR/`name` at commit()."""
         self._staged[name] = text
 
     def commit(self):
+        """Write the staged files, each atomically."""
         for name, text in self._staged.items():
             with atomic_open(os.path.join(self.output_dir, name)) as f:
                 f.write(text)
         self._staged.clear()
 
     def release(self):
+        """Clear the holder record and drop the lock."""
         if self._lock is not None:
             self._lock.seek(0)
             self._lock.truncate()
@@ -150,6 +155,7 @@ def commit_run_files(output_dir: str):
 
 
 def release_output_dir(output_dir: str):
+    """Release OUTPUT_DIR if this process holds it."""
     held = _held.pop(os.path.abspath(output_dir), None)
     if held is not None:
         held.release()

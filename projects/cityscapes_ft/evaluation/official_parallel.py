@@ -100,6 +100,7 @@ class OfficialMatcher:
         return out
 
     def close(self):
+        """Wait for the worker pool and end it."""
         if self._pool is not None:
             self._pool.close()
             self._pool.join()

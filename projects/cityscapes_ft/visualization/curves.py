@@ -13,6 +13,7 @@ EVAL_KEYS = ("cityscapes/AP", "cityscapes/AP50", "bbox/AP", "segm/AP")
 
 
 def plot_training_curves(metrics_json: str, out_png: str) -> str:
+    """Losses, each part's LR and evaluation AP from OUTPUT_DIR/metrics.json as one PNG."""
     records = read_metrics(metrics_json)
     if not records:
         raise CityscapesFTError(f"No training records in {metrics_json}: has the run written any (every CITYSCAPES_FT.METRICS_PERIOD iterations)?")

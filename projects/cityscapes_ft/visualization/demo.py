@@ -20,6 +20,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DemoInputError(CityscapesFTError, ValueError):
+    """An input of tools/demo.py that cannot be read (a path, glob or video)."""
     pass
 
 
@@ -110,6 +111,7 @@ class VisualizationDemo:
         return output
 
     def run_on_webcam(self, camera: int = 0):
+        """Yield drawn frames from a webcam until it stops."""
         capture = cv2.VideoCapture(camera)
         if not capture.isOpened():
             raise DemoInputError(f"--webcam: no camera {camera} can be opened on this machine")

@@ -50,6 +50,7 @@ def draw_instances(image_rgb: np.ndarray, instances, metadata, score_thresh: flo
 
 
 def draw_ground_truth(image_rgb: np.ndarray, dataset_dict, metadata) -> np.ndarray:
+    """An image with its annotations drawn in each class's Cityscapes colour."""
     vis = Visualizer(image_rgb, metadata, instance_mode=ColorMode.SEGMENTATION)
     return vis.draw_dataset_dict(dataset_dict).get_image()
 

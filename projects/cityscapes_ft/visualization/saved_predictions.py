@@ -16,6 +16,7 @@ from .drawing import draw_ground_truth, draw_instances
 
 
 def saved_to_instances(pred, height, width) -> Instances:
+    """One image's record of instances_predictions.json as detectron2 Instances."""
     inst = Instances((height, width))
     inst.pred_boxes = Boxes(torch.tensor(pred["boxes"], dtype=torch.float32).reshape(-1, 4))
     inst.scores = torch.tensor(pred["scores"], dtype=torch.float32)
