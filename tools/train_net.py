@@ -5,7 +5,11 @@
     python tools/train_net.py --config-file configs/cs_ft.yaml --eval-only MODEL.WEIGHTS path/to/model.pth
     python tools/train_net.py --config-file configs/cs_ft.yaml --num-gpus 4 --resume
 
-Without CUDA, --num-gpus N starts N CPU processes over gloo.
+    torchrun --nproc_per_node 4 tools/train_net.py --config-file configs/cs_ft.yaml
+    srun --ntasks-per-node 4 python tools/train_net.py --config-file configs/cs_ft.yaml
+
+Without CUDA, --num-gpus N starts N CPU processes over gloo. Values given as KEY VALUE pairs run
+as given; OUTPUT_DIR/config.yaml is the config that ran.
 """
 from cityscapes_ft.engine import argument_parser, launch, setup_cfg, train_or_evaluate
 from cityscapes_ft.errors import user_errors_as_messages
