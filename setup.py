@@ -14,7 +14,7 @@ setup(
     package_dir={"cityscapes_ft": "projects/cityscapes_ft"},
     packages=["cityscapes_ft"]
     + ["cityscapes_ft." + p for p in find_packages("projects/cityscapes_ft")],
-    install_requires=["cityscapesscripts", "pycocotools", "shapely", "opencv-python-headless"],
+    install_requires=["cityscapesscripts", "pycocotools", "faster-coco-eval", "shapely", "opencv-python-headless"],
     entry_points={
         "console_scripts": [
             "cityscapes-ft-synthetic=cityscapes_ft.data.synthetic:main",

@@ -7,20 +7,23 @@ import json
 import os
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
+from cityscapesscripts.evaluation.instances2dict import instances2dict
 from cityscapesscripts.preparation.json2instanceImg import json2instanceImg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, Instances
 from PIL import Image
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from conftest import run
 from cityscapes_ft.data import register_cityscapes_ft_instances
 from cityscapes_ft.data.synthetic import make_synthetic_cityscapes
 from cityscapes_ft.evaluation import CityscapesInstanceSegEvaluator
-from cityscapes_ft.evaluation.official_parallel import write_cityscapes_prediction
+from cityscapes_ft.evaluation.masks import encode_masks
+from cityscapes_ft.evaluation.official_parallel import match_image_in_memory, write_cityscapes_prediction
 
 LABEL_IDS = [24, 25, 26, 27, 28, 31, 32, 33]
 
@@ -61,10 +64,15 @@ def noisy_predictions(d, rng, skip_class=None, extra_class=None, empty=False):
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalset") / "cityscapes"
     make_synthetic_cityscapes(str(root), 0, 8, 256, 128, seed=21, log=lambda *_: None)
-    # No "train" anywhere in this split: a class that has no ground truth.
+    # No "train" anywhere in this split: a class that has no ground truth. Void regions as in real
+    # Cityscapes, drawn over objects: the ego vehicle along the bottom and a static block.
     for path in glob.glob(str(root / "gtFine" / "val" / "*" / "*_polygons.json")):
         data = json.load(open(path))
-        data["objects"] = [o for o in data["objects"] if o["label"] != "train"]
+        h, w = data["imgHeight"], data["imgWidth"]
+        data["objects"] = [o for o in data["objects"] if o["label"] != "train"] + [
+            {"label": "ego vehicle", "polygon": [[0, h - 10], [w - 1, h - 14], [w - 1, h - 1], [0, h - 1]]},
+            {"label": "static", "polygon": [[w // 3, h // 3], [w // 2, h // 3], [w // 2, h // 2], [w // 3, h // 2]]},
+        ]
         json.dump(data, open(path, "w"))
         json2instanceImg(path, path.replace("polygons.json", "instanceIds.png"), "ids")
     name = "test_eval_identity_val"
@@ -82,7 +90,7 @@ def run_ours(name, outputs, out_dir, workers=2):
 
 
 def run_official_script(name, predictions, tmp_path):
-    """cityscapesscripts' own evaluateImgLists, one process, on files written the same way."""
+    """cityscapesscripts' own evaluateImgLists, one process, on the predictions written as files."""
     pred_dir = tmp_path / "official_pred"
     pred_dir.mkdir()
     by_file = {p["file_name"]: p for p in predictions}
@@ -105,31 +113,32 @@ def run_official_script(name, predictions, tmp_path):
         os.chdir(cwd)
 
 
-def run_pycocotools(name, predictions, out_dir, task):
-    """COCOeval on a ground-truth JSON file and a results JSON file, the usual way."""
-    ev = CityscapesInstanceSegEvaluator(name, str(out_dir))
-    gt_path, dt_path = str(out_dir / "gt.json"), str(out_dir / f"dt_{task}.json")
-    json.dump(ev._coco_ground_truth(DatasetCatalog.get(name)).dataset, open(gt_path, "w"))
-    dets = []
-    for img_id, d in enumerate(DatasetCatalog.get(name), start=1):
-        p = next(p for p in predictions if p["file_name"] == d["file_name"])
-        for k, (b, s, c) in enumerate(zip(p["boxes"], p["scores"], p["classes"])):
-            det = {"image_id": img_id, "category_id": c, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
-            if task == "segm":
-                det["segmentation"] = p["masks"][k]
-            dets.append(det)
-    json.dump(dets, open(dt_path, "w"))
+@pytest.fixture(scope="module")
+def detectron2_dir(tmp_path_factory):
+    """COCOEvaluator's output folder: it caches the dataset's COCO json there once per process and
+    names that file in the dataset's metadata, so it lives as long as the dataset does."""
+    return tmp_path_factory.mktemp("detectron2_coco")
+
+
+def run_detectron2_coco_evaluator(name, outputs, out_dir):
+    """detectron2's own COCOEvaluator (pycocotools' Python COCOeval) on the same predictions."""
+    ev = COCOEvaluator(name, tasks=("bbox", "segm"), distributed=False, output_dir=str(out_dir),
+                       use_fast_impl=False)
+    ev.reset()
+    for d, o in zip(DatasetCatalog.get(name), outputs):
+        ev.process([{"file_name": d["file_name"], "image_id": d["image_id"]}], [o])
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(gt_path)
-        e = COCOeval(gt, gt.loadRes(dt_path), task)
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-    return [100 * float(x) for x in e.stats[:6]]
+        return ev.evaluate()
+
+
+def assert_same_numbers(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-9, nan_ok=True), key
 
 
 @pytest.mark.parametrize("case", ["noisy", "empty_image_and_missing_class", "class_without_ground_truth"])
-def test_numbers_identical_to_cityscapesscripts_and_pycocotools(dataset, tmp_path, case):
+def test_numbers_identical_to_cityscapesscripts_and_detectron2(dataset, detectron2_dir, tmp_path, case):
     rng = np.random.default_rng(5)
     dicts = DatasetCatalog.get(dataset)
     present = {a["category_id"] for d in dicts for a in d["annotations"] if not a["iscrowd"]}
@@ -151,9 +160,12 @@ def test_numbers_identical_to_cityscapesscripts_and_pycocotools(dataset, tmp_pat
     for name in names:
         a, b = ours["cityscapes"][f"AP-{name}"], 100 * official["classes"][name]["ap"]
         assert a == b or (np.isnan(a) and np.isnan(b)), name
+    detectron2 = run_detectron2_coco_evaluator(dataset, outputs, detectron2_dir)
     for task in ("bbox", "segm"):
-        expected = run_pycocotools(dataset, predictions, tmp_path, task)
-        assert [ours[task][m] for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == expected
+        assert_same_numbers(ours[task], detectron2[task])
+    # detectron2's results file, as its COCOEvaluator writes it
+    theirs = json.load(open(detectron2_dir / "coco_instances_results.json"))
+    assert json.load(open(tmp_path / "ours" / "coco_instances_results.json")) == theirs
     if case == "empty_image_and_missing_class":
         assert ours["cityscapes"]["AP-car"] == 0.0
     assert 0 < ours["cityscapes"]["AP"] < 100
@@ -182,14 +194,93 @@ def _detectron2_cityscapes_evaluator_works():
 @pytest.mark.skipif(not _detectron2_cityscapes_evaluator_works(),
                     reason="this detectron2's own Cityscapes evaluator cannot be imported (detectron2 #5436)")
 def test_benchmark_compares_with_detectron2_on_the_same_predictions(tmp_path):
-    from cityscapes_ft.benchmarks.evaluation_speed import argument_parser, run
-
-    result = run(argument_parser().parse_args(
-        ["--num-images", "4", "--width", "256", "--height", "128", "--detail", "3",
-         "--instances-per-image", "8", "--output", str(tmp_path)]))
+    proc = run(["tools/benchmark_evaluation.py", "--num-images", "4", "--width", "256", "--height", "128",
+                "--detail", "3", "--instances-per-image", "8", "--mapper-images", "2",
+                "--output", str(tmp_path)], datasets=str(tmp_path))
     saved = json.load(open(tmp_path / "benchmark_evaluation.json"))
-    assert saved["evaluation"]["same_numbers"] is True
-    assert saved["evaluation"]["ours_AP"] == saved["evaluation"]["detectron2_AP"]
+    ev = saved["evaluation"]
+    assert ev["official_same_numbers"] is True and ev["ours_AP"] == ev["detectron2_AP"]
+    # detectron2's COCOEvaluator and ours, side by side in the file: the same numbers
+    for task in ("bbox", "segm"):
+        assert_same_numbers(ev["ours_coco"][task], ev["detectron2_coco"][task])
+    assert ev["speedup"] == pytest.approx(ev["detectron2_s"] / ev["ours_s"])
     assert saved["reload"]["reload_speedup"] == pytest.approx(
         saved["reload"]["detectron2_s"] / saved["reload"]["ours_reload_s"])
-    assert result["images"] == 4
+    loader = saved["data_loader"]
+    assert loader["images"] == 2 and loader["ratio"] == pytest.approx(
+        loader["ours_images_per_s"] / loader["detectron2_images_per_s"])
+    assert saved["images"] == 4
+    assert f"{ev['speedup']:.2f}x" in proc.stdout
+
+
+def adversarial_predictions(d, rng):
+    """Predictions built to hit cityscapesscripts' corner cases: exact duplicates with other scores
+    (one of a pair becomes a false positive), masks on crowd groups and on void, one-pixel and
+    empty masks, masks across two ground-truth instances, and a whole-image mask."""
+    ids = np.asarray(Image.open(d["instance_ids_file"]))
+    h, w = ids.shape
+    masks, classes = [], []
+    for i in np.unique(ids):
+        label = i // 1000 if i >= 1000 else i
+        if label not in LABEL_IDS and i not in (1, 2, 3, 4):
+            continue
+        m = ids == i
+        c = LABEL_IDS.index(label) if label in LABEL_IDS else int(rng.integers(0, 8))
+        masks += [m, m.copy()]  # a duplicate
+        classes += [c, c]
+        if i >= 1000:
+            merged = m | np.roll(m, w // 8, axis=1)  # reaches into the next object
+            masks.append(merged)
+            classes.append(c)
+    dot = np.zeros((h, w), bool)
+    dot[int(rng.integers(0, h)), int(rng.integers(0, w))] = True
+    masks += [dot, np.zeros((h, w), bool), np.ones((h, w), bool)]
+    classes += [int(rng.integers(0, 8)), 0, int(rng.integers(0, 8))]
+    inst = Instances((h, w))
+    inst.pred_masks = torch.as_tensor(np.stack(masks))
+    inst.pred_boxes = Boxes(torch.tensor([[0, 0, w, h]] * len(masks), dtype=torch.float32))
+    inst.scores = torch.tensor(rng.random(len(masks)), dtype=torch.float32)
+    inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    return {"instances": inst}
+
+
+def test_in_memory_matching_equals_cityscapesscripts_on_adversarial_predictions(dataset, tmp_path):
+    """Each image's match records are cityscapesscripts' own (`assignGt2Preds` on the written PNGs),
+    field by field, and so are the AP numbers; an image without predictions included."""
+    rng = np.random.default_rng(13)
+    dicts = DatasetCatalog.get(dataset)
+    outputs = [adversarial_predictions(d, rng) for d in dicts]
+    outputs[1] = noisy_predictions(dicts[1], rng, empty=True)
+    ours, predictions = run_ours(dataset, outputs, tmp_path / "ours")
+    official = run_official_script(dataset, predictions, tmp_path)
+    assert ours["cityscapes"]["AP"] == 100 * official["allAp"]
+    assert ours["cityscapes"]["AP50"] == 100 * official["allAp50%"]
+    for name in MetadataCatalog.get(dataset).thing_classes:
+        a, b = ours["cityscapes"][f"AP50-{name}"], 100 * official["classes"][name]["ap50%"]
+        assert a == b or (np.isnan(a) and np.isnan(b)), name
+
+    pred_dir = tmp_path / "official_pred"  # the files run_official_script wrote
+    args = cs_eval.args
+    for d, p in zip(dicts, predictions):
+        gt_file = os.path.abspath(d["instance_ids_file"])
+        stem = os.path.basename(d["file_name"])[: -len("_leftImg8bit.png")]
+        with Image.open(gt_file) as gt_image:
+            gt, pred = cs_eval.assignGt2Preds(
+                cs_eval.filterGtInstances(instances2dict([gt_file])[gt_file], args), gt_image,
+                cs_eval.readPredInfo(str(pred_dir / f"{stem}_pred.txt"), args), args)
+        masks = np.zeros((len(p["masks"]), d["height"], d["width"]), bool)
+        for k, rle in enumerate(p["masks"]):
+            masks[k] = mask_util.decode(rle)
+        mine = match_image_in_memory(gt_file, masks.shape[1:], p["classes"], p["scores"], encode_masks(masks)[1],
+                                     LABEL_IDS)
+        assert without_image_names(mine["groundTruth"]) == without_image_names(gt)
+        assert without_image_names(mine["prediction"]) == without_image_names(pred)
+
+
+def without_image_names(records):
+    """The match records with the mask file names (PNG paths there, none here) left out."""
+    if isinstance(records, dict):
+        return {k: without_image_names(v) for k, v in records.items() if k != "imgName"}
+    if isinstance(records, list):
+        return [without_image_names(v) for v in records]
+    return records

@@ -1,37 +1,49 @@
 """Official Cityscapes instance AP and COCO-style box/mask AP from one pass over the predictions."""
 import contextlib
+import copy
 import io
 import itertools
 import logging
 import os
 from collections import OrderedDict
 
-import numpy as np
-import pycocotools.mask as mask_util
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.structures import BoxMode
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
 from detectron2.utils import comm
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
 
 from ..errors import CityscapesEvaluationError
 from ..utils import atomic_write_json
+from .masks import encode_masks
 from .official_parallel import OfficialMatcher, score_matches
 
 logger = logging.getLogger(__name__)
 
 COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 PREDICTIONS_FILE = "instances_predictions.json"
+COCO_RESULTS_FILE = "coco_instances_results.json"  # detectron2's COCOEvaluator's name and format
+
+
+def _without_masks(instances):
+    """The same Instances without pred_masks (their RLE is made once, by `encode_masks`)."""
+    return Instances(instances.image_size, **{k: v for k, v in instances.get_fields().items() if k != "pred_masks"})
 
 
 class CityscapesInstanceSegEvaluator(DatasetEvaluator):
     """Evaluates instance predictions on a Cityscapes-format dataset.
 
     tasks: "cityscapes" (official cityscapesscripts AP/AP50 on instanceIds.png, overall and per
-    class), "bbox" and "segm" (pycocotools COCOeval, AP/AP50/AP75/APs/APm/APl and per class).
-    Predictions are kept as RLE and gathered to the main process, so it works across processes
-    and machines; every file it writes stays under `output_dir`.
+    class), "bbox" and "segm" (COCO-style AP/AP50/AP75/APs/APm/APl and per class, as detectron2's
+    `COCOEvaluator` computes them: its ground truth from `convert_to_coco_dict`, its prediction
+    records from `instances_to_coco_json`, mask AP on mask areas; scored by faster-coco-eval's
+    compiled COCOeval, whose numbers equal pycocotools'). Predictions are kept as RLE and gathered to
+    the main process, so it works across processes and machines; it writes
+    `instances_predictions.json`, detectron2's `coco_instances_results.json` and the official
+    results JSON, all under `output_dir`.
     """
 
     def __init__(self, dataset_name, output_dir, tasks=("cityscapes", "bbox", "segm"), distributed=True,
@@ -44,7 +56,7 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._tasks = tuple(tasks)
         self._distributed = distributed
-        self._workers = workers  # processes for the official matching; None: one per core
+        self._workers = workers  # processes for the official matching; None: the cores of this process
         self._metadata = MetadataCatalog.get(dataset_name)
         self._class_names = list(self._metadata.thing_classes)
         contiguous_to_label_id = {v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()}
@@ -52,23 +64,26 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
 
     def reset(self):
         self._predictions = []
+        self._coco_records = []
         self._matcher = None
+        dataset = DatasetCatalog.get(self._dataset_name)
+        self._image_ids = {d["file_name"]: d.get("image_id", k) for k, d in enumerate(dataset)}
         if "cityscapes" in self._tasks:
-            self._gt_files = {d["file_name"]: d.get("instance_ids_file") for d in DatasetCatalog.get(self._dataset_name)}
-            pred_dir = os.path.join(self._output_dir, "cityscapes_official", f"pred_rank{comm.get_rank()}")
-            self._matcher = OfficialMatcher(pred_dir, self._label_ids, self._workers)
+            self._gt_files = {d["file_name"]: d.get("instance_ids_file") for d in dataset}
+            self._matcher = OfficialMatcher(self._label_ids, self._workers)
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
-            rles = []
-            if instances.has("pred_masks"):
-                for m in instances.pred_masks.numpy():
-                    rle = mask_util.encode(np.asfortranarray(m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)))
-                    rle["counts"] = rle["counts"].decode("ascii")
-                    rles.append(rle)
+            image_id = self._image_ids.get(inp["file_name"], inp.get("image_id"))
+            rles, crops = self._encode_masks(instances)
+            # detectron2's own records (XYWH boxes, scores, classes), with the RLE masks added
+            records = instances_to_coco_json(_without_masks(instances), image_id)
+            for record, rle in zip(records, rles):
+                record["segmentation"] = rle
             if self._matcher is not None:
-                self._match_official(inp["file_name"], instances, rles)
+                self._match_official(inp["file_name"], instances, crops)
+            self._coco_records.extend(records)
             self._predictions.append(
                 {
                     "file_name": inp["file_name"],
@@ -79,7 +94,17 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                 }
             )
 
-    def _match_official(self, file_name, instances, rles):
+    @staticmethod
+    def _encode_masks(instances):
+        """RLE (as `instances_to_coco_json` writes it) and the crop of every predicted mask."""
+        if not instances.has("pred_masks"):
+            return [], None
+        masks = instances.pred_masks
+        if masks.dtype != torch.bool:  # binarised as detectron2's COCOEvaluator does (uint8 cast)
+            masks = masks.to(torch.uint8) != 0
+        return encode_masks(masks.numpy())
+
+    def _match_official(self, file_name, instances, crops):
         gt = self._gt_files.get(file_name)
         if not gt or not os.path.isfile(gt):
             raise CityscapesEvaluationError(
@@ -87,22 +112,27 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                 f"{file_name}; it comes with gtFine (or make it from the polygons with "
                 "cityscapesscripts' json2instanceImg)"
             )
-        stem = os.path.basename(file_name)[: -len("_leftImg8bit.png")]
-        self._matcher.add(
-            stem, gt, instances.pred_classes.tolist(), instances.scores.tolist(),
-            rles,
-        )
+        if crops is None:
+            raise CityscapesEvaluationError(f"{file_name}: the official evaluation needs predicted masks "
+                                            "(instances without pred_masks)")
+        self._matcher.add(gt, instances.image_size, instances.pred_classes.tolist(), instances.scores.tolist(),
+                          crops)
 
     def evaluate(self):
-        matches = self._matcher.results() if self._matcher is not None else []
+        try:
+            matches = self._matcher.results() if self._matcher is not None else []
+        finally:
+            if self._matcher is not None:
+                self._matcher.close()
         if self._distributed:
             comm.synchronize()
             predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            coco_records = list(itertools.chain(*comm.gather(self._coco_records, dst=0)))
             matches = list(itertools.chain(*comm.gather(matches, dst=0)))
             if not comm.is_main_process():
                 return {}
         else:
-            predictions = self._predictions
+            predictions, coco_records = self._predictions, self._coco_records
         dataset = DatasetCatalog.get(self._dataset_name)
         by_file = {p["file_name"]: p for p in predictions}
         missing = [d["file_name"] for d in dataset if d["file_name"] not in by_file]
@@ -114,12 +144,17 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         os.makedirs(self._output_dir, exist_ok=True)
         # Kept for tools/visualize_json_results.py: boxes, scores, classes and RLE masks per image.
         atomic_write_json(os.path.join(self._output_dir, PREDICTIONS_FILE), predictions)
+        for r in coco_records:  # contiguous class -> the dataset's category id, as COCOEvaluator does
+            r["category_id"] = self._label_ids[r["category_id"]]
+        atomic_write_json(os.path.join(self._output_dir, COCO_RESULTS_FILE), coco_records)
         results = OrderedDict()
         if "cityscapes" in self._tasks:
             results["cityscapes"] = self._eval_official(dataset, dict(matches))
-        for task in ("bbox", "segm"):
-            if task in self._tasks:
-                results[task] = self._eval_coco(dataset, by_file, task)
+        coco_tasks = [t for t in ("bbox", "segm") if t in self._tasks]
+        if coco_tasks:
+            coco_gt, coco_records = self._coco_with_integer_image_ids(coco_records)
+            for task in coco_tasks:
+                results[task] = self._eval_coco(coco_gt, coco_records, task)
         return results
 
     # ---- official Cityscapes metric -------------------------------------------------------------
@@ -129,8 +164,9 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
             for d in dataset
         )
         eval_dir = os.path.abspath(os.path.join(self._output_dir, "cityscapes_official"))
+        os.makedirs(eval_dir, exist_ok=True)
         try:
-            res = score_matches(ordered, eval_dir, os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json"))
+            res = score_matches(ordered, os.path.join(eval_dir, "resultInstanceLevelSemanticLabeling.json"))
         except SystemExit as e:  # cityscapesscripts' printError exits
             raise CityscapesEvaluationError(f"cityscapesscripts' evaluation failed: {e}") from e
         out = OrderedDict(AP=100 * res["allAp"], AP50=100 * res["allAp50%"])
@@ -141,60 +177,42 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         return out
 
     # ---- COCO-style AP --------------------------------------------------------------------------
-    def _coco_ground_truth(self, dataset):
-        images, annotations = [], []
-        for img_id, d in enumerate(dataset, start=1):
-            h, w = d["height"], d["width"]
-            images.append({"id": img_id, "height": h, "width": w, "file_name": d["file_name"]})
-            for ann in d["annotations"]:
-                rle = mask_util.merge(mask_util.frPyObjects(ann["segmentation"], h, w))
-                box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYWH_ABS)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": img_id,
-                        "category_id": ann["category_id"],
-                        "iscrowd": ann.get("iscrowd", 0),
-                        "bbox": [float(x) for x in box],
-                        "area": float(mask_util.area(rle)),
-                        "segmentation": ann["segmentation"],
-                    }
-                )
-        categories = [{"id": i, "name": n} for i, n in enumerate(self._class_names)]
-        coco = COCO()
-        coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    def _coco_with_integer_image_ids(self, coco_records):
+        """detectron2's COCO ground truth of the dataset, and the records, with image ids numbered
+        1..N (ours are file stems; faster-coco-eval takes integers)."""
+        gt = convert_to_coco_dict(self._dataset_name)
+        number = {image["id"]: k for k, image in enumerate(gt["images"], start=1)}
+        for image in gt["images"]:
+            image["id"] = number[image["id"]]
+        for ann in gt["annotations"]:
+            ann["image_id"] = number[ann["image_id"]]
+        records = [dict(r, image_id=number[r["image_id"]]) for r in coco_records]
         with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
+            return COCO(gt), records
 
-    def _eval_coco(self, dataset, by_file, task):
-        coco_gt = self._coco_ground_truth(dataset)
-        detections = []
-        for img_id, d in enumerate(dataset, start=1):
-            p = by_file[d["file_name"]]
-            for k, (box, score, cls) in enumerate(zip(p["boxes"], p["scores"], p["classes"])):
-                x0, y0, x1, y1 = box
-                det = {"image_id": img_id, "category_id": cls, "score": score,
-                       "bbox": [x0, y0, x1 - x0, y1 - y0]}
-                if task == "segm":
-                    det["segmentation"] = p["masks"][k]
-                detections.append(det)
-        if not detections:
+    def _eval_coco(self, coco_gt, coco_records, task):
+        if not coco_records:
             logger.warning(f"No predictions on {self._dataset_name}: COCO {task} AP is 0")
             out = OrderedDict((m, 0.0) for m in COCO_METRICS)
             has_gt = {a["category_id"] for a in coco_gt.dataset["annotations"] if not a["iscrowd"]}
-            for k, name in enumerate(self._class_names):
-                out[f"AP-{name}"] = 0.0 if k in has_gt else float("nan")
+            for label_id, name in zip(self._label_ids, self._class_names):
+                out[f"AP-{name}"] = 0.0 if label_id in has_gt else float("nan")
             return out
+        if task == "segm":  # mask AP on mask areas (small/medium/large), as detectron2 scores it
+            coco_records = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_records]
+        else:  # loadRes adds fields to the records it is given
+            coco_records = copy.deepcopy(coco_records)
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
-            coco_dt = coco_gt.loadRes(detections)
-            coco_eval = COCOeval(coco_gt, coco_dt, task)
+            coco_eval = COCOeval_faster(coco_gt, coco_gt.loadRes(coco_records), task, print_function=print)
+            coco_eval.params.maxDets = [1, 10, 100]
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
         logger.info(f"COCOeval {task} on {self._dataset_name}:\n{log.getvalue()}")
-        out = OrderedDict((m, 100 * float(coco_eval.stats[i])) for i, m in enumerate(COCO_METRICS))
+        # -1: no ground truth in that area range; detectron2 reports NaN
+        out = OrderedDict((m, 100 * float(coco_eval.stats[i]) if coco_eval.stats[i] >= 0 else float("nan"))
+                          for i, m in enumerate(COCO_METRICS))
         # precision: [IoU thresholds, recall points, classes, area ranges, max detections]
         precision = coco_eval.eval["precision"]
         for k, name in enumerate(self._class_names):

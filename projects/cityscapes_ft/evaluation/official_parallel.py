@@ -1,31 +1,41 @@
 """cityscapesscripts' official instance evaluation, done image by image while predictions arrive.
 
-As each image's predictions come in, its masks are written in the official prediction format and
-cityscapesscripts' own per-image steps (reading the ground-truth instances, `assignGt2Preds`) run in
-a worker process, overlapping with inference. Every process (every machine) matches its own images;
-only the small match records travel to the main process, which scores them with cityscapesscripts'
-`evaluateMatches`/`computeAverages` in dataset order: the numbers are those of `evaluateImgLists`
-on the same files. No ground-truth cache is shared between evaluations or datasets.
+As each image's predictions come in (as RLE), a worker process matches them against the image's
+ground-truth instance ids in memory (`match_image_in_memory`): the records cityscapesscripts'
+`assignGt2Preds` makes from written mask PNGs, without writing or reading one, counting each
+prediction once over its own bounding box instead of once per ground-truth instance over the whole
+image. Every process (every machine) matches its own images while its model predicts the next
+ones; only the small match records travel to the main process, which scores them with
+cityscapesscripts' own `evaluateMatches`/`computeAverages` in dataset order: the numbers are those
+of `evaluateImgLists` on the same predictions written as files (tests hold the two side by side).
 """
 import contextlib
+import copy
 import io
+import logging
 import multiprocessing as mp
 import os
-import shutil
+import time
 from multiprocessing.pool import AsyncResult
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
-from cityscapesscripts.evaluation.instances2dict import instances2dict
+from cityscapesscripts.helpers.labels import id2label as cs_id2label
+from cityscapesscripts.helpers.labels import labels as cs_labels
 from PIL import Image
 
 from ..utils import cpus_per_local_process
 
+logger = logging.getLogger(__name__)
 
-def _configure(pred_dir):
+
+def _configure(pred_dir=None):
+    """cityscapesscripts' module-level evaluation settings, as its command line sets them."""
     args = cs_eval.args
-    args.predictionPath = os.path.abspath(pred_dir)
+    if pred_dir is not None:
+        args.predictionPath = os.path.abspath(pred_dir)
     args.predictionWalk = None
     args.JSONOutput = False
     args.quiet = True
@@ -53,63 +63,143 @@ def write_cityscapes_prediction(pred_dir, stem, pred, label_ids):
     return write_prediction_masks(pred_dir, stem, pred["classes"], pred["scores"], pred["masks"], label_ids)
 
 
-def match_image(gt_file, pred_txt):
-    """cityscapesscripts' per-image step: its ground-truth instances assigned to the predictions."""
-    args = cs_eval.args
-    gt_instances = instances2dict([gt_file])[gt_file]
-    with Image.open(gt_file) as gt_image:
-        gt, preds = cs_eval.assignGt2Preds(
-            cs_eval.filterGtInstances(gt_instances, args), gt_image, cs_eval.readPredInfo(pred_txt, args), args
-        )
-    return {"groundTruth": gt, "prediction": preds}
+def _void_label_ids():
+    return np.array([label.id for label in cs_labels if label.ignoreInEval], dtype=np.int64)
 
 
-def _write_and_match(pred_dir, stem, gt_file, classes, scores, masks, label_ids):
-    return match_image(gt_file, write_prediction_masks(pred_dir, stem, classes, scores, masks, label_ids))
+def _evaluated_label_names():
+    return [label.name for label in cs_labels if label.hasInstances and not label.ignoreInEval]
+
+
+def read_instance_ids(gt_file):
+    """A `*_instanceIds.png` as the integer array cityscapesscripts reads (`np.array(Image.open())`);
+    OpenCV reads the 16-bit PNG about 3x faster than PIL, which stays the reader for anything else."""
+    ids = cv2.imread(gt_file, cv2.IMREAD_UNCHANGED)
+    if ids is None or ids.ndim != 2:
+        with Image.open(gt_file) as image:
+            ids = np.array(image)
+    return ids
+
+
+class GroundTruthInstanceImage:
+    """One `*_instanceIds.png`, read once: its instances as cityscapesscripts' `instances2dict` +
+    `filterGtInstances` list them, and a compact index of its ids for counting overlaps."""
+
+    def __init__(self, gt_file):
+        ids = read_instance_ids(gt_file)
+        if ids.ndim != 2 or ids.size == 0 or ids.min() < 0:
+            raise ValueError(f"{gt_file}: expected a one-channel image of Cityscapes label and instance ids")
+        counts = np.bincount(ids.ravel())
+        present = np.flatnonzero(counts)  # ascending, as np.unique orders them
+        self.instances = {name: [] for name in _evaluated_label_names()}
+        for inst_id in present.tolist():
+            label_id = inst_id if inst_id < 1000 else int(inst_id / 1000)
+            label = cs_id2label.get(label_id)
+            if label is None:
+                raise ValueError(f"{gt_file}: pixel value {inst_id} is not a Cityscapes label or instance id")
+            if label.name in self.instances:
+                self.instances[label.name].append(
+                    {"instID": inst_id, "labelID": label_id, "pixelCount": int(counts[inst_id]),
+                     "medDist": -1, "distConf": 0.0})
+        # ids -> 0..len(present)-1, so one bincount per prediction counts its overlap with everything
+        lookup = np.zeros(len(counts), dtype=np.uint8 if len(present) <= 256 else np.int32)
+        lookup[present] = np.arange(len(present))
+        self.index = lookup[ids]
+        self.position = {int(i): k for k, i in enumerate(present.tolist())}
+        self.void = [self.position[i] for i in _void_label_ids().tolist() if i in self.position]
+        self.shape = ids.shape
+
+
+def match_image_in_memory(gt_file, image_size, classes, scores, crops, label_ids):
+    """What cityscapesscripts' `assignGt2Preds` gives for these predictions written as the official
+    files (mask PNGs and a `_pred.txt`), without writing or reading a mask: each prediction is
+    counted once, over its own bounding box, against the ground-truth ids. classes: contiguous ids
+    (into label_ids); crops: `MaskCrop` of each predicted mask, None where it is empty."""
+    gt = GroundTruthInstanceImage(gt_file)
+    if tuple(image_size) != gt.shape:
+        raise ValueError(f"predictions for {gt_file} are {tuple(image_size)} (height, width); "
+                         f"its ground truth is {gt.shape}")
+    wanted = set(_evaluated_label_names())
+    gt_instances = copy.deepcopy(gt.instances)
+    for insts in gt_instances.values():
+        for g in insts:
+            g["matchedPred"] = []
+    predictions = {name: [] for name in _evaluated_label_names()}
+    count = 0
+    for k, (cls, score, crop) in enumerate(zip(classes, scores, crops)):
+        label_id = int(label_ids[cls])
+        name = cs_id2label[label_id].name
+        if name not in wanted or crop is None:
+            continue  # cityscapesscripts skips other labels and empty masks
+        mask = crop.pixels()
+        region = gt.index[crop.y0 : crop.y0 + crop.height, crop.x0 : crop.x0 + crop.width]
+        overlaps = np.bincount(region[mask], minlength=len(gt.position))
+        pred = {"imgName": f"{os.path.basename(gt_file)}#{k}", "predID": count, "labelID": label_id,
+                "pixelCount": int(mask.sum()), "confidence": float(score),
+                "voidIntersection": int(overlaps[gt.void].sum()) if gt.void else 0}
+        matched = []
+        for num, g in enumerate(gt.instances[name]):
+            intersection = int(overlaps[gt.position[g["instID"]]])
+            if intersection > 0:
+                g_copy, p_copy = dict(g), dict(pred)
+                g_copy["intersection"] = p_copy["intersection"] = intersection
+                matched.append(g_copy)
+                gt_instances[name][num]["matchedPred"].append(p_copy)
+        pred["matchedGt"] = matched
+        count += 1
+        predictions[name].append(pred)
+    return {"groundTruth": gt_instances, "prediction": predictions}
 
 
 class OfficialMatcher:
-    """Collects one process's per-image matches; `workers` > 1 runs them in a forked pool."""
+    """Collects one process's per-image matches; `workers` > 1 runs them in a forked pool, so they
+    overlap with inference."""
 
-    def __init__(self, pred_dir, label_ids, workers=None):
-        self.pred_dir = os.path.abspath(pred_dir)
-        shutil.rmtree(self.pred_dir, ignore_errors=True)
-        os.makedirs(self.pred_dir)
-        self.label_ids = label_ids
+    def __init__(self, label_ids, workers=None):
+        self.label_ids = list(label_ids)
         self.workers = workers or cpus_per_local_process()
         self._pool = None
         self._pending = []  # (gt_file, AsyncResult or match)
-        _configure(self.pred_dir)
 
-    def add(self, stem, gt_file, classes, scores, masks):
-        """masks: RLE dicts (small to send to a worker, which writes the PNGs and matches)."""
-        _configure(self.pred_dir)  # another evaluator may have changed cityscapesscripts' args
-        job = (self.pred_dir, stem, os.path.abspath(gt_file), classes, scores, masks, self.label_ids)
+    def add(self, gt_file, image_size, classes, scores, crops):
+        """classes: contiguous ids; crops: `MaskCrop` of each mask (small to send to a worker)."""
+        job = (os.path.abspath(gt_file), tuple(image_size), list(classes), list(scores), crops, self.label_ids)
         if self.workers > 1:
             if self._pool is None:
-                # fork: the workers inherit cityscapesscripts' module-level args set above.
                 self._pool = mp.get_context("fork").Pool(self.workers)
-            self._pending.append((job[2], self._pool.apply_async(_write_and_match, job)))
+            self._pending.append((job[0], self._pool.apply_async(match_image_in_memory, job)))
         else:
-            self._pending.append((job[2], _write_and_match(*job)))
+            self._pending.append((job[0], match_image_in_memory(*job)))
 
     def results(self):
-        """[(gt_file, match)] of this process, in the order added."""
-        out = [(gt, r.get() if isinstance(r, AsyncResult) else r) for gt, r in self._pending]
-        self.close()
+        """[(gt_file, match)] of this process, in the order added; logs progress and ETA while
+        the workers finish the images still queued."""
+        out, start, last_log = [], time.perf_counter(), time.perf_counter()
+        total = len(self._pending)
+        try:
+            for k, (gt, r) in enumerate(self._pending):
+                out.append((gt, r.get() if isinstance(r, AsyncResult) else r))
+                now = time.perf_counter()
+                if now - last_log > 5 and k + 1 < total:
+                    eta = (now - start) / (k + 1) * (total - k - 1)
+                    logger.info(f"Official matching: {k + 1}/{total} images ready, ETA {eta:.0f}s")
+                    last_log = now
+        finally:
+            self.close()
         return out
 
     def close(self):
-        """Wait for the worker pool and end it."""
+        """End the worker pool (after the results are in, or on an error)."""
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
             self._pool = None
 
 
-def score_matches(matches, pred_dir, export_file):
-    """matches: OrderedDict gt_file -> match, in dataset order. Returns cityscapesscripts' averages."""
-    args = _configure(pred_dir)
+def score_matches(matches, export_file):
+    """matches: OrderedDict gt_file -> match, in dataset order. Returns cityscapesscripts' averages
+    (from its own `evaluateMatches` and `computeAverages`) and writes its results JSON."""
+    args = _configure()
     args.exportFile = export_file
     with contextlib.redirect_stdout(io.StringIO()):
         ap = cs_eval.evaluateMatches(matches, args)
