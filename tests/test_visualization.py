@@ -1,6 +1,7 @@
 """Demo, data viewer, saved-prediction viewer, curves and the run report."""
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,32 @@ def test_demo_video_gives_a_video_with_the_same_frame_count(trained, synthetic_r
 
 
 @pytest.mark.slow
+def test_demo_takes_opts_and_its_threshold_is_the_models(trained, synthetic_root, tmp_path):
+    """detectron2's demo spelling: --opts KEY VALUE; --confidence-threshold is the model's test score
+    threshold, so the instances predicted (not only drawn) follow it."""
+    image = val_images(synthetic_root)[0]
+    weights = os.path.join(trained[0], "model_final.pth")
+    counts = {}
+    for threshold in ("0.0", "0.999"):
+        proc = tool("demo.py", "--config-file", TINY, "--input", image, "--output", str(tmp_path / threshold),
+                    "--confidence-threshold", threshold, "--opts", "MODEL.WEIGHTS", weights,
+                    "TEST.DETECTIONS_PER_IMAGE", "7", datasets=synthetic_root)
+        found = re.findall(r": (\d+) instances ->", proc.stderr + proc.stdout)
+        assert len(found) == 1, proc.stderr[-2000:]
+        counts[threshold] = int(found[0])
+    assert counts == {"0.0": 7, "0.999": 0}  # every candidate up to the cap (an --opts value), then none
+
+
+@pytest.mark.slow
+def test_demo_without_output_and_without_a_display_says_what_to_pass(synthetic_root, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "tools/demo.py", "--config-file", TINY, "--input",
+                           val_images(synthetic_root)[0], "MODEL.WEIGHTS", ""], cwd=REPO, capture_output=True,
+                          text=True, env=dict(env, DETECTRON2_DATASETS=synthetic_root), timeout=300)
+    assert proc.returncode == 2 and "pass --output" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_demo_bad_input_is_one_clear_message(synthetic_root, tmp_path):
     proc = tool("demo.py", "--config-file", TINY, "--input", str(tmp_path / "*.png"), "--output", str(tmp_path),
                 datasets=synthetic_root, expect_ok=False)
@@ -118,14 +145,31 @@ def test_visualize_data_draws_the_split(synthetic_root, tmp_path, source):
 
 
 @pytest.mark.slow
-def test_visualize_json_results_draws_saved_predictions_beside_ground_truth(trained, synthetic_root, tmp_path):
+@pytest.mark.parametrize("saved_file", ["instances_predictions.json", "coco_instances_results.json"])
+def test_visualize_json_results_draws_saved_predictions_beside_ground_truth(trained, synthetic_root, tmp_path,
+                                                                            saved_file):
     out, _ = trained
-    saved = os.path.join(out, "inference", "cityscapes_ft_instance_val", "instances_predictions.json")
+    saved = os.path.join(out, "inference", "cityscapes_ft_instance_val", saved_file)
     tool("visualize_json_results.py", "--input", saved, "--output", str(tmp_path), "--conf-threshold", "0.0",
          datasets=synthetic_root)
     pictures = sorted(glob.glob(str(tmp_path / "*_pred_gt.png")))
     assert len(pictures) == len(val_images(synthetic_root))
     assert Image.open(pictures[0]).size == (512, 128)  # prediction | ground truth
+
+
+@pytest.mark.slow
+def test_both_saved_prediction_files_hold_the_same_predictions(trained, cityscapes_env):
+    from cityscapes_ft.visualization.saved_predictions import load_saved_predictions
+
+    folder = os.path.join(trained[0], "inference", "cityscapes_ft_instance_val")
+    ours = load_saved_predictions(os.path.join(folder, "instances_predictions.json"), "cityscapes_ft_instance_val")
+    coco = load_saved_predictions(os.path.join(folder, "coco_instances_results.json"), "cityscapes_ft_instance_val")
+    coco = {p["file_name"]: p for p in coco}
+    assert sum(len(p["scores"]) for p in ours) > 0
+    for p in ours:
+        q = coco[p["file_name"]]
+        assert q["classes"] == p["classes"] and q["scores"] == p["scores"] and q["masks"] == p["masks"]
+        assert np.allclose(q["boxes"], p["boxes"], atol=1e-3) and len(q["boxes"]) == len(p["boxes"])
 
 
 @pytest.mark.slow

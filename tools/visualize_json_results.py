@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Draw the predictions an evaluation saved beside the ground truth of the same image.
+"""Draw the predictions an evaluation saved beside the ground truth of the same image; reads our
+instances_predictions.json or detectron2's coco_instances_results.json (both written by evaluation).
 
     python tools/visualize_json_results.py \
         --input output/cs_ft/inference/cityscapes_ft_instance_val/instances_predictions.json \
@@ -14,7 +15,7 @@ from cityscapes_ft.visualization import draw_saved_predictions
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="instances_predictions.json of an evaluation")
+    parser.add_argument("--input", required=True, help="instances_predictions.json or coco_instances_results.json of an evaluation")
     parser.add_argument("--dataset", default="cityscapes_ft_instance_val")
     parser.add_argument("--output", required=True)
     parser.add_argument("--conf-threshold", type=float, default=0.5)

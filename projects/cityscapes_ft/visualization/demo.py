@@ -2,6 +2,7 @@
 import glob
 import logging
 import os
+import sys
 from typing import Iterator, List
 
 import cv2
@@ -17,6 +18,7 @@ from .drawing import InstancePredictor, draw_instances
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+WINDOW = "cityscapes-ft"
 
 
 class DemoInputError(CityscapesFTError, ValueError):
@@ -39,6 +41,26 @@ def expand_inputs(patterns: List[str]) -> List[str]:
     return files
 
 
+def set_confidence_threshold(cfg, threshold: float):
+    """The test score threshold of every detector head a config may hold, as detectron2's demo sets
+    it: the model then predicts only instances at least that confident."""
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
+
+
+def display_available() -> bool:
+    """A screen to show windows on, and an OpenCV built with windows (the -headless wheel is not)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32")):
+        return False
+    try:
+        cv2.namedWindow(WINDOW)
+        cv2.destroyWindow(WINDOW)
+        return True
+    except cv2.error:
+        return False
+
+
 class VisualizationDemo:
     """Builds the model of `cfg`, loads cfg.MODEL.WEIGHTS, and draws its predictions with
     detectron2's Visualizer in the Cityscapes colours of the training dataset's metadata."""
@@ -59,18 +81,22 @@ class VisualizationDemo:
         return predictions, draw_instances(rgb, predictions["instances"], self.metadata,
                                            self.confidence_threshold)
 
-    def run_on_files(self, files: List[str], output: str) -> List[str]:
-        """Draws each file into `output` (a folder; or a file when there is one input).
-        Unreadable images are named in a warning and skipped."""
-        single_file_out = len(files) == 1 and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS
-        written = []
-        for path in tqdm.tqdm(files, desc="demo", unit="image"):
+    def _drawn_files(self, files: List[str], progress: bool):
+        """(path, predictions, RGB picture) for each readable file; unreadable images are named in
+        a warning and skipped."""
+        for path in tqdm.tqdm(files, desc="demo", unit="image", disable=not progress):
             try:
                 image = utils.read_image(path, format=self.cfg.INPUT.FORMAT)
             except (OSError, ValueError, SyntaxError) as e:
                 logger.warning(f"Skipped unreadable image {path}: {e}")
                 continue
-            predictions, picture = self.run_on_image(image)
+            yield (path, *self.run_on_image(image))
+
+    def run_on_files(self, files: List[str], output: str) -> List[str]:
+        """Draws each file into `output` (a folder; or a file when there is one input)."""
+        single_file_out = len(files) == 1 and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS
+        written = []
+        for path, predictions, picture in self._drawn_files(files, progress=True):
             out = output if single_file_out else os.path.join(output, os.path.basename(path))
             out = os.path.splitext(out)[0] + ".png" if not single_file_out else out
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -110,17 +136,41 @@ class VisualizationDemo:
             capture.release()
         return output
 
-    def run_on_webcam(self, camera: int = 0):
-        """Yield drawn frames from a webcam until it stops."""
-        capture = cv2.VideoCapture(camera)
+    def show_files(self, files: List[str]):
+        """Shows each picture in a window; any key shows the next, Esc stops."""
+        try:
+            for path, predictions, picture in self._drawn_files(files, progress=False):
+                logger.info(f"{path}: {len(predictions['instances'])} instances")
+                cv2.imshow(WINDOW, picture[:, :, ::-1])
+                if cv2.waitKey(0) == 27:  # Esc
+                    break
+        finally:
+            cv2.destroyAllWindows()
+
+    def show_video(self, video: str):
+        """Shows the video with the predictions drawn on every frame; Esc stops."""
+        capture = cv2.VideoCapture(video)
         if not capture.isOpened():
-            raise DemoInputError(f"--webcam: no camera {camera} can be opened on this machine")
+            raise DemoInputError(f"--video-input '{video}' cannot be read as a video")
+        self._show_frames(capture)
+
+    def _show_frames(self, capture):
         try:
             for frame in self._frames(capture):
                 _, picture = self.run_on_image(frame)
-                cv2.imshow("cityscapes-ft", picture[:, :, ::-1])
+                cv2.imshow(WINDOW, picture[:, :, ::-1])
                 if cv2.waitKey(1) == 27:  # Esc
                     break
         finally:
             capture.release()
             cv2.destroyAllWindows()
+
+    def run_on_webcam(self, camera: int = 0):
+        """Shows the webcam's frames with the predictions drawn, until Esc or the stream ends."""
+        if not display_available():
+            raise DemoInputError("--webcam shows its pictures in a window, and there is no display here "
+                                 "(or OpenCV was built without windows)")
+        capture = cv2.VideoCapture(camera)
+        if not capture.isOpened():
+            raise DemoInputError(f"--webcam: no camera {camera} can be opened on this machine")
+        self._show_frames(capture)

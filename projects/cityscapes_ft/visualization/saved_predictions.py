@@ -1,4 +1,6 @@
-"""Predictions that an evaluation saved (instances_predictions.json) drawn beside the ground truth."""
+"""Predictions that an evaluation saved drawn beside the ground truth: our
+instances_predictions.json, or detectron2's coco_instances_results.json (COCOEvaluator's format,
+which our evaluator writes too)."""
 import json
 import os
 from typing import List
@@ -27,17 +29,61 @@ def saved_to_instances(pred, height, width) -> Instances:
     return inst
 
 
-def draw_saved_predictions(predictions_json: str, dataset_name: str, output_dir: str,
-                           score_thresh: float = 0.5, num_images: int = 0) -> List[str]:
-    """Writes `<stem>_pred_gt.png` (predictions left, ground truth right) per image."""
+def _coco_results_by_file(results, dataset, metadata, source):
+    """detectron2's COCO results (one record per instance, XYWH boxes, dataset category ids) as our
+    per-image records, for every image of the dataset (empty where it has none)."""
+    to_contiguous = metadata.thing_dataset_id_to_contiguous_id
+    by_image = {d.get("image_id"): {"file_name": d["file_name"], "boxes": [], "scores": [], "classes": [],
+                                    "masks": []} for d in dataset}
+    for r in results:
+        pred = by_image.get(r["image_id"])
+        if pred is None:
+            raise CityscapesFTError(f"{source} has predictions for image_id {r['image_id']!r}, which is not "
+                                    "in the dataset (is DETECTRON2_DATASETS the one it was evaluated on?)")
+        if r["category_id"] not in to_contiguous:
+            raise CityscapesFTError(f"{source}: category_id {r['category_id']} is not one of the dataset's "
+                                    f"{sorted(to_contiguous)}")
+        x, y, w, h = r["bbox"]
+        pred["boxes"].append([x, y, x + w, y + h])
+        pred["scores"].append(r["score"])
+        pred["classes"].append(to_contiguous[r["category_id"]])
+        if "segmentation" in r:
+            pred["masks"].append(r["segmentation"])
+    for pred in by_image.values():
+        if pred["masks"] and len(pred["masks"]) != len(pred["scores"]):
+            raise CityscapesFTError(f"{source}: some records of {pred['file_name']} have masks and some not")
+    return list(by_image.values())
+
+
+def load_saved_predictions(path, dataset_name):
+    """Per-image records (file_name, XYXY boxes, scores, contiguous classes, RLE masks) from our
+    instances_predictions.json or detectron2's coco_instances_results.json."""
     try:
-        with open(predictions_json) as f:
+        with open(path) as f:
             predictions = json.load(f)
     except (OSError, ValueError) as e:
         raise CityscapesFTError(
-            f"Cannot read saved predictions {predictions_json}: {e}. They are written by an "
-            "evaluation to OUTPUT_DIR/inference/<dataset>/instances_predictions.json"
+            f"Cannot read saved predictions {path}: {e}. They are written by an evaluation to "
+            "OUTPUT_DIR/inference/<dataset>/instances_predictions.json (and coco_instances_results.json)"
         ) from e
+    ours = {"file_name", "boxes", "scores", "classes", "masks"}
+    coco = {"image_id", "category_id", "bbox", "score"}
+    if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
+        raise CityscapesFTError(f"{path}: expected a JSON list of prediction records")
+    if all(ours <= set(p) for p in predictions):
+        return predictions
+    if all(coco <= set(p) for p in predictions):
+        return _coco_results_by_file(predictions, DatasetCatalog.get(dataset_name), MetadataCatalog.get(dataset_name),
+                                     path)
+    raise CityscapesFTError(
+        f"{path}: records are neither ours (keys {sorted(ours)}) nor detectron2's COCO results "
+        f"(keys {sorted(coco)}, plus segmentation)")
+
+
+def draw_saved_predictions(predictions_json: str, dataset_name: str, output_dir: str,
+                           score_thresh: float = 0.5, num_images: int = 0) -> List[str]:
+    """Writes `<stem>_pred_gt.png` (predictions left, ground truth right) per image."""
+    predictions = load_saved_predictions(predictions_json, dataset_name)
     dataset = {d["file_name"]: d for d in DatasetCatalog.get(dataset_name)}
     metadata = MetadataCatalog.get(dataset_name)
     os.makedirs(output_dir, exist_ok=True)
