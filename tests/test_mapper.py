@@ -38,7 +38,9 @@ def test_masks_and_boxes_follow_the_image_through_resize_and_flip(cityscapes_env
         is_train=True,
         augmentations=[T.ResizeShortestEdge(192, 1000), T.RandomFlip(prob=1.0 if flip else 0.0)],
         image_format="BGR",
-        mask_format="bitmask",
+        use_instance_mask=True,
+        instance_mask_format="bitmask",
+        recompute_boxes=True,
     )
     out = mapper(d)
     assert "annotations" not in out
@@ -86,3 +88,24 @@ def test_multi_scale_training_sizes_come_from_config(cityscapes_env):
 def test_vertical_flip_is_refused():
     with pytest.raises(ValueError, match="INPUT.RANDOM_FLIP"):
         build_mapper(demo_cfg("INPUT.RANDOM_FLIP", "vertical"), is_train=True)
+
+
+def test_crop_follows_detectron2_and_boxes_are_the_cropped_masks(cityscapes_env):
+    """INPUT.CROP works as detectron2's DatasetMapper does it (a crop of the original image, then
+    the resize); every box is the extent of what is left of its mask."""
+    cfg = demo_cfg("INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "(64, 96)",
+                   "INPUT.MASK_FORMAT", "bitmask", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "1000")
+    mapper = build_mapper(cfg, is_train=True)
+    d = max(DatasetCatalog.get("cityscapes_ft_instance_train"), key=lambda d: len(d["annotations"]))
+    kept = []
+    for _ in range(10):
+        out = mapper(d)
+        assert tuple(out["image"].shape[1:]) == (128, 192)  # 64x96 crop, short side resized to 128
+        inst = out["instances"]
+        kept.append(len(inst))
+        for box, mask in zip(inst.gt_boxes.tensor.numpy(), inst.gt_masks.tensor.numpy()):
+            ys, xs = np.nonzero(mask)
+            assert len(ys) > 0
+            np.testing.assert_allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.01)
+    uncropped = sum(not a["iscrowd"] for a in d["annotations"])
+    assert min(kept) < uncropped  # crops leave objects out
