@@ -137,9 +137,10 @@ def _evaluate(args, cfg, trainer_cls):
     commit_run_files(cfg.OUTPUT_DIR)
     iteration = checkpoint.get("iteration")
     weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
-    results = trainer_cls.test(
-        cfg, model, iteration=None if iteration is None else iteration + 1, checkpoint=weights
-    )
+    iteration = None if iteration is None else iteration + 1
+    results = trainer_cls.test(cfg, model, iteration=iteration, checkpoint=weights)
+    if cfg.TEST.AUG.ENABLED:
+        results.update(trainer_cls.test_with_TTA(cfg, model, iteration=iteration, checkpoint=weights))
     _draw_predictions_and_report(cfg, model)
     return results
 

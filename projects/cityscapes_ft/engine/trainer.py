@@ -13,6 +13,7 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
@@ -21,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
 from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
-from ..data import build_mapper, training_dataset_dicts
+from ..data import build_mapper, training_dataset_dicts, training_repeat_factors
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import CheckpointUnreadable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
@@ -290,6 +291,8 @@ class CityscapesFTTrainer(DefaultTrainer):
             ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
                                        self.build_train_loader(precise_bn_cfg), cfg.TEST.PRECISE_BN.NUM_ITER))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate_during_training))
+        if cfg.TEST.AUG.ENABLED:  # once, after training, on every process (as detectron2's train_net.py)
+            ret.append(hooks.EvalHook(0, self._evaluate_with_TTA_after_training))
         if not comm.is_main_process():
             return ret
         metric = cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC
@@ -321,6 +324,10 @@ class CityscapesFTTrainer(DefaultTrainer):
         self._last_eval_results = self.test(self.cfg, self.model, iteration=done, checkpoint=checkpoint)
         return self._last_eval_results
 
+    def _evaluate_with_TTA_after_training(self):
+        checkpoint = self.checkpoint_of_iteration(self.max_iter - 1) if comm.is_main_process() else None
+        return self.test_with_TTA(self.cfg, self.model, iteration=self.max_iter, checkpoint=checkpoint)
+
     @classmethod
     def build_train_loader(cls, cfg):
         """A ResumableTrainLoader over training_dataset_dicts(cfg): this process's share of
@@ -331,8 +338,9 @@ class CityscapesFTTrainer(DefaultTrainer):
             cfg.SOLVER.IMS_PER_BATCH, world, cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS
         )
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        dicts = training_dataset_dicts(cfg)
         return ResumableTrainLoader(
-            training_dataset_dicts(cfg), build_mapper(cfg, is_train=True),
+            dicts, build_mapper(cfg, is_train=True), repeat_factors=training_repeat_factors(cfg, dicts),
             batch_size=batch_size, seed=seed, rank=comm.get_rank(),
             world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -351,9 +359,24 @@ class CityscapesFTTrainer(DefaultTrainer):
         )
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None):
+    def test_with_TTA(cls, cfg, model, *, iteration=None, checkpoint=None):
+        """Evaluate with test-time augmentation (TEST.AUG: the image at each of TEST.AUG.MIN_SIZES,
+        and flipped with TEST.AUG.FLIP) through detectron2's GeneralizedRCNNWithTTA. As in
+        detectron2's train_net.py, the outputs go to OUTPUT_DIR/inference_TTA/ and every result key
+        ends in "_TTA"."""
+        logger.info(f"Evaluating with test-time augmentation: short sides {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
+                    f"max size {cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}")
+        results = cls.test(cfg, GeneralizedRCNNWithTTA(cfg, model), iteration=iteration, checkpoint=checkpoint,
+                           folder_suffix="_TTA")
+        if len(cfg.DATASETS.TEST) == 1:
+            return OrderedDict((k + "_TTA", v) for k, v in results.items())
+        return OrderedDict((name, OrderedDict((k + "_TTA", v) for k, v in res.items())) for name, res in results.items())
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None, folder_suffix=""):
         """Evaluate on every cfg.DATASETS.TEST; print tables and write one JSON per dataset to
-        OUTPUT_DIR/eval_results/. Returns results as DefaultTrainer.test does."""
+        OUTPUT_DIR/eval_results/. Returns results as DefaultTrainer.test does. folder_suffix names
+        the outputs of a variant apart (OUTPUT_DIR/inference<suffix>/, <dataset><suffix>*.json)."""
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets")
         results = OrderedDict()
@@ -365,7 +388,7 @@ class CityscapesFTTrainer(DefaultTrainer):
             else:
                 # Written beside the previous evaluation's folder, which it replaces whole at the
                 # end: a kill during evaluation leaves the previous outputs as they were.
-                final = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+                final = os.path.join(cfg.OUTPUT_DIR, "inference" + folder_suffix, dataset_name)
                 staged = final + STAGING_SUFFIX
                 if comm.is_main_process():
                     staging_directory(final)
@@ -381,11 +404,12 @@ class CityscapesFTTrainer(DefaultTrainer):
                     replace_directory(staged, final)
                 class_names = MetadataCatalog.get(dataset_name).thing_classes
                 logger.info(
-                    f"Evaluation of {dataset_name} (iteration {iteration}, weights {checkpoint}):\n"
+                    f"Evaluation of {dataset_name}{folder_suffix} (iteration {iteration}, weights {checkpoint}):\n"
                     + format_results_tables(res, class_names)
                 )
                 print_csv_format(res)
-                name = f"{dataset_name}_iter{iteration:07d}.json" if iteration is not None else f"{dataset_name}.json"
+                stem = dataset_name + folder_suffix
+                name = f"{stem}_iter{iteration:07d}.json" if iteration is not None else f"{stem}.json"
                 path = os.path.join(cfg.OUTPUT_DIR, "eval_results", name)
                 atomic_write_json(path, record)
                 logger.info(f"Evaluation results written to {path}")
