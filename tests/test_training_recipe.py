@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, load_config
@@ -385,14 +386,17 @@ def _resume_from(checkpoint, out_dir, cfg_opts):
     return train_in_process(tiny_cfg(out_dir, *cfg_opts), resume=True)
 
 
+REPEAT_FACTORS = ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.5")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_after,accumulation", [(1, 1), (4, 1), (2, 2)],
-                         ids=["while-frozen", "after-unfreezing", "accumulating"])
+@pytest.mark.parametrize("stop_after,accumulation,sampling", [(1, 1, ()), (4, 1, ()), (2, 2, ()), (3, 1, REPEAT_FACTORS)],
+                         ids=["while-frozen", "after-unfreezing", "accumulating", "repeat-factor-sampling"])
 def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_one_does(cityscapes_env, tmp_path, stop_after,
-                                                                            accumulation):
+                                                                            accumulation, sampling):
     opts = ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "(5,)", "SOLVER.CHECKPOINT_PERIOD", "1",
             "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS", "3", "SOLVER.MOMENTUM", "0.9",
-            "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", str(accumulation)]
+            "CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", str(accumulation), *sampling]
     full = tmp_path / "uninterrupted"
     train_in_process(tiny_cfg(full, *opts))
     # what a run killed after iteration `stop_after` leaves: its last checkpoint
@@ -486,3 +490,39 @@ def test_resumed_data_stream_continues_rather_than_restarts():
     ranks = [take(ResumableTrainLoader(dicts, mapper, batch_size=1, seed=5, rank=r, world_size=2), 5)
              for r in (0, 1)]
     assert not {b[0][0] for b in ranks[0][:2]} & {b[0][0] for b in ranks[1][:2]}
+
+
+def test_repeat_factor_stream_resumes_exactly_and_repeats_images_by_their_factor():
+    from cityscapes_ft.data.resumable_loader import ResumableBatchSampler
+
+    factors = [1.0, 1.0, 3.0, 1.5, 1.0, 1.0]
+    groups = [True] * len(factors)
+
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    full = take(ResumableBatchSampler(groups, 2, seed=3, rank=0, world_size=1, repeat_factors=factors), 400)
+    resumed = take(ResumableBatchSampler(groups, 2, seed=3, rank=0, world_size=1, start_batch=150,
+                                         repeat_factors=factors), 250)
+    assert resumed == full[150:]
+    counts = np.bincount([index for batch in full for _, index in batch], minlength=len(factors))
+    # over ~100 passes: image 2 three times as often as image 0, image 3 one and a half times
+    assert counts[2] / counts[0] == pytest.approx(3.0, rel=0.15)
+    assert counts[3] / counts[0] == pytest.approx(1.5, rel=0.15)
+    plain = take(ResumableBatchSampler(groups, 2, seed=3, rank=0, world_size=1), 400)
+    assert np.ptp(np.bincount([i for b in plain for _, i in b])) <= 2  # without factors, every image equally
+
+
+def test_repeat_factors_come_from_detectron2_rule_and_favour_rare_classes(cityscapes_env):
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    from cityscapes_ft.data import training_dataset_dicts, training_repeat_factors
+
+    cfg = tiny_cfg("unused", *REPEAT_FACTORS)
+    dicts = training_dataset_dicts(cfg)
+    factors = training_repeat_factors(cfg, dicts)
+    expected = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.5)
+    assert factors.tolist() == expected.tolist()
+    assert factors.max() > 1.0 and factors.min() == 1.0
+    assert training_repeat_factors(tiny_cfg("unused"), dicts) is None

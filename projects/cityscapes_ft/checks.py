@@ -67,8 +67,9 @@ def check_config_runnable(cfg):
                       " (official Cityscapes mask AP, COCO box AP, COCO mask AP)")
     _check_choice("INPUT.DATASET_MAPPER_NAME", cfg.INPUT.DATASET_MAPPER_NAME,
                   tuple(name for name, _ in MAPPER_REGISTRY), " (cityscapes_ft.data.MAPPER_REGISTRY)")
-    _check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, ("TrainingSampler",),
-                  ": cityscapes-ft's resumable training loader samples uniformly, shuffled")
+    _check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN,
+                  ("TrainingSampler", "RepeatFactorTrainingSampler"),
+                  " (the samplers cityscapes-ft's resumable training stream reproduces exactly)")
     for key, value in (("CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS", ft.GRADIENT_ACCUMULATION_STEPS),
                        ("CITYSCAPES_FT.LOG_PERIOD", ft.LOG_PERIOD),
                        ("CITYSCAPES_FT.METRICS_PERIOD", ft.METRICS_PERIOD),

@@ -28,22 +28,37 @@ class ResumableBatchSampler:
     """Lists of (stream position, dataset index) for one process, starting at batch start_batch."""
 
     def __init__(self, aspect_groups, batch_size: int, seed: int, rank: int, world_size: int,
-                 start_batch: int = 0):
+                 start_batch: int = 0, repeat_factors=None):
         """aspect_groups: one hashable per dataset index (e.g. width > height); all equal turns
-        grouping off."""
+        grouping off. repeat_factors: None (each image once per pass), or how many times each image
+        is seen per pass on average, as detectron2's RepeatFactorTrainingSampler takes them."""
         self.aspect_groups = list(aspect_groups)
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.repeat_factors = None if repeat_factors is None else torch.as_tensor(repeat_factors, dtype=torch.float32)
+        if self.repeat_factors is not None and len(self.repeat_factors) != len(self.aspect_groups):
+            raise ValueError(f"{len(self.repeat_factors)} repeat factors for {len(self.aspect_groups)} images")
+
+    def _pass_indices(self, generator):
+        """One pass over the dataset, shuffled. With repeat factors, an image with factor 2.3 comes
+        twice, or three times with probability 0.3 (stochastic rounding, drawn from the stream's
+        own generator, so a resumed run draws the same)."""
+        if self.repeat_factors is None:
+            return torch.randperm(len(self.aspect_groups), generator=generator).tolist()
+        whole = torch.floor(self.repeat_factors)
+        extra = torch.rand(len(whole), generator=generator) < (self.repeat_factors - whole)
+        copies = (whole + extra.to(whole.dtype)).to(torch.int64)
+        indices = torch.repeat_interleave(torch.arange(len(copies)), copies)
+        return indices[torch.randperm(len(indices), generator=generator)].tolist()
 
     def __iter__(self):
         generator = torch.Generator()
         generator.manual_seed(self.seed)
-        size = len(self.aspect_groups)
         buckets = {}
         position = 0
         batch_number = 0
         while True:
-            for index in torch.randperm(size, generator=generator).tolist():
+            for index in self._pass_indices(generator):
                 mine = position % self.world_size == self.rank
                 position += 1
                 if not mine:
@@ -124,8 +139,9 @@ class ResumableTrainLoader:
 
     def __init__(self, dataset_dicts, mapper, *, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, aspect_ratio_grouping: bool = True, num_workers: int = 0,
-                 skip_bad_samples: bool = False):
+                 skip_bad_samples: bool = False, repeat_factors=None):
         self.dataset_dicts = dataset_dicts
+        self.repeat_factors = repeat_factors
         self.mapper = mapper
         self.batch_size, self.seed = batch_size, int(seed)
         self.rank, self.world_size = rank, world_size
@@ -139,7 +155,7 @@ class ResumableTrainLoader:
     def __iter__(self):
         sampler = ResumableBatchSampler(
             self.aspect_groups, self.batch_size, self.seed, self.rank, self.world_size,
-            start_batch=self.batches_consumed,
+            start_batch=self.batches_consumed, repeat_factors=self.repeat_factors,
         )
         loader = torch.utils.data.DataLoader(
             PositionSeededMapDataset(self.dataset_dicts, self.mapper, self.seed, self.skip_bad_samples),
@@ -165,15 +181,16 @@ class ResumableTrainLoader:
         return {
             "seed": self.seed, "batches_consumed": self.batches_consumed,
             "batch_size": self.batch_size, "world_size": self.world_size,
-            "dataset_size": len(self.dataset_dicts),
+            "dataset_size": len(self.dataset_dicts), "repeat_factor_sampling": self.repeat_factors is not None,
         }
 
     def load_state_dict(self, state):
         """Continue the saved stream. With another world size or batch, continue after the same
         number of images (the order then differs from an uninterrupted run: logged)."""
         self.seed = int(state["seed"])
-        same = (state["batch_size"], state["world_size"], state["dataset_size"]) == (
-            self.batch_size, self.world_size, len(self.dataset_dicts))
+        same = (state["batch_size"], state["world_size"], state["dataset_size"],
+                state.get("repeat_factor_sampling", False)) == (
+            self.batch_size, self.world_size, len(self.dataset_dicts), self.repeat_factors is not None)
         if same:
             self.batches_consumed = int(state["batches_consumed"])
             return
@@ -181,7 +198,9 @@ class ResumableTrainLoader:
         self.batches_consumed = images // (self.batch_size * self.world_size)
         logger.warning(
             f"The checkpoint's data stream was {state['world_size']} process(es) x "
-            f"{state['batch_size']} images over {state['dataset_size']} images; this run has "
-            f"{self.world_size} x {self.batch_size} over {len(self.dataset_dicts)}: continuing "
+            f"{state['batch_size']} images over {state['dataset_size']} images"
+            f"{' (repeat-factor sampling)' if state.get('repeat_factor_sampling') else ''}; this run has "
+            f"{self.world_size} x {self.batch_size} over {len(self.dataset_dicts)}"
+            f"{' (repeat-factor sampling)' if self.repeat_factors is not None else ''}: continuing "
             f"after the same {images} images, in a different order than an uninterrupted run"
         )
