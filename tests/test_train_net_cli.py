@@ -132,6 +132,11 @@ def test_main_job_on_its_default_path_makes_data_trains_evaluates_and_draws(tmp_
     assert json.load(open(path))["iteration"] == 4
     pictures = sorted(glob.glob(str(out / "predictions" / "*_pred_vs_gt.png")))
     assert len(pictures) == 3
+    # the summary the README's numbers are kept in: the evaluation's own numbers, and what made them
+    summary = json.load(open(out / "demo_results.json"))
+    assert summary["results"] == json.load(open(path))["results"]
+    assert summary["official"]["AP"] == summary["results"]["cityscapes"]["AP"] and summary["iterations"] == 4
+    assert summary["seed"] == 7 and summary["data"]["num_train"] == 4
     # second run reuses the data
     proc = run(
         [os.path.join("tools", "run_synthetic_demo.py"), "--data-root", str(tmp_path / "data"),
