@@ -1,5 +1,6 @@
 """The training recipe: schedules in epochs or iterations and their rescaling, layer-wise LR,
 staged backbone freezing (one process and two), gradient accumulation, AMP, exact resume."""
+import glob
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, load_config
-from conftest import TINY, train_net
+from conftest import TINY, run, train_net
 
 from cityscapes_ft.utils import read_metrics
 from cityscapes_ft.schedule import resolve_training_schedule
@@ -526,3 +527,39 @@ def test_repeat_factors_come_from_detectron2_rule_and_favour_rare_classes(citysc
     assert factors.tolist() == expected.tolist()
     assert factors.max() > 1.0 and factors.min() == 1.0
     assert training_repeat_factors(tiny_cfg("unused"), dicts) is None
+
+
+def test_synthetic_rare_classes_are_rare_in_training_only(tmp_path):
+    from cityscapes_ft.data.synthetic import make_synthetic_cityscapes, synthetic_dataset_matches
+
+    root = str(tmp_path / "cityscapes")
+    make_synthetic_cityscapes(root, 30, 30, 128, 64, seed=1, log=lambda *_: None, rare_train_classes=["train", "bus"],
+                              rare_rate=0.1)
+    assert synthetic_dataset_matches(root, num_train=30, num_val=30, width=128, height=64, seed=1,
+                                     rare_train_classes=["train", "bus"], rare_rate=0.1)
+
+    def images_with(split, label):
+        files = glob.glob(os.path.join(root, "gtFine", split, "*", "*_polygons.json"))
+        return sum(any(o["label"] == label for o in json.load(open(f))["objects"]) for f in files)
+
+    for label in ("train", "bus"):
+        assert images_with("train", label) <= 8 < images_with("val", label)
+    assert images_with("train", "car") > 15
+
+
+@pytest.mark.slow
+def test_repeat_factor_comparison_trains_both_ways_and_reports_rare_classes(tmp_path):
+    out = tmp_path / "compare"
+    proc = run(["tools/compare_repeat_factor_sampling.py", "--config-file", TINY, "--output", str(out),
+                "--iterations", "2", "--num-train", "6", "--num-val", "3", "--width", "256", "--height", "128",
+                "--rare-classes", "bus,train", "--rare-rate", "0.2"], datasets="/nonexistent")
+    result = json.load(open(out / "compare_repeat_factor_sampling.json"))
+    assert set(result["runs"]) == {"TrainingSampler", "RepeatFactorTrainingSampler"}
+    assert "Repeat-factor sampling (threshold 0.3)" in open(out / "RepeatFactorTrainingSampler" / "log.txt").read()
+    assert "Repeat-factor sampling" not in open(out / "TrainingSampler" / "log.txt").read()
+    for sampler, r in result["runs"].items():
+        saved = json.load(open(glob.glob(str(out / sampler / "eval_results" / "*.json"))[0]))["results"]
+        assert r["official_AP"] == saved["cityscapes"]["AP"]
+        assert r["official_AP_rare"] == pytest.approx((saved["cityscapes"]["AP-bus"] + saved["cityscapes"]["AP-train"]) / 2,
+                                                      nan_ok=True)
+    assert "RepeatFactorTrainingSampler" in proc.stdout

@@ -131,7 +131,8 @@ def _jitter(rng, color, amount=25):
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int, detail: int = 0):
+def make_scene(rng: np.random.Generator, width: int, height: int, detail: int = 0, rare_classes=(),
+               rare_rate: float = 0.05):
     """One scene: (objects in drawing order, [(label, polygon, color)])."""
     horizon = height * rng.uniform(0.38, 0.48)
     objects = []
@@ -158,8 +159,13 @@ def make_scene(rng: np.random.Generator, width: int, height: int, detail: int = 
 
     # Objects: sample depths, draw far (small, near the horizon) to near (big, low in the image).
     things = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
-    kinds = list(rng.choice(things, size=int(rng.integers(4, 9))))
-    kinds += [t for t in things if rng.random() < 0.15]
+    if rare_classes:  # each rare class in about `rare_rate` of the images, the others as usual
+        common = [t for t in things if t not in rare_classes]
+        kinds = list(rng.choice(common, size=int(rng.integers(4, 9))))
+        kinds += [t for t in rare_classes if rng.random() < rare_rate]
+    else:
+        kinds = list(rng.choice(things, size=int(rng.integers(4, 9))))
+        kinds += [t for t in things if rng.random() < 0.15]
     if rng.random() < 0.3:
         kinds.append(str(rng.choice(["caravan", "trailer"])))
     groups = ["persongroup", "cargroup", "bicyclegroup"] if rng.random() < 0.35 else []
@@ -201,7 +207,7 @@ def render_scene(rng, objects, width: int, height: int) -> Image.Image:
 
 
 def write_split(root: str, split: str, num_images: int, width: int, height: int, seed: int, log=print,
-                detail: int = 0):
+                detail: int = 0, rare_classes=(), rare_rate: float = 0.05):
     cities = SPLIT_CITIES[split]
     rng = np.random.default_rng([seed, sorted(SPLIT_CITIES).index(split)])
     start = time.perf_counter()
@@ -212,7 +218,7 @@ def write_split(root: str, split: str, num_images: int, width: int, height: int,
         gt_dir = os.path.join(root, "gtFine", split, city)
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(gt_dir, exist_ok=True)
-        objects = make_scene(rng, width, height, detail)
+        objects = make_scene(rng, width, height, detail, rare_classes, rare_rate)
         render_scene(rng, objects, width, height).save(os.path.join(img_dir, stem + "_leftImg8bit.png"))
         gt = os.path.join(gt_dir, stem + "_gtFine_")
         with open(gt + "polygons.json", "w") as f:
@@ -234,14 +240,22 @@ def write_split(root: str, split: str, num_images: int, width: int, height: int,
 
 
 def make_synthetic_cityscapes(root: str, num_train: int = 24, num_val: int = 8, width: int = 2048,
-                              height: int = 1024, seed: int = 0, log=print, detail: int = 0) -> str:
-    """Writes a synthetic Cityscapes tree under `root` (the folder that holds leftImg8bit/, gtFine/)."""
+                              height: int = 1024, seed: int = 0, log=print, detail: int = 0,
+                              rare_train_classes=(), rare_rate: float = 0.05) -> str:
+    """Writes a synthetic Cityscapes tree under `root` (the folder that holds leftImg8bit/, gtFine/).
+    rare_train_classes: classes that appear in only about `rare_rate` of the training images (the
+    val split keeps every class common), as train, bus and truck are rare in Cityscapes."""
     for split, n in (("train", num_train), ("val", num_val)):
         if n > 0:
-            write_split(root, split, n, width, height, seed, log, detail)
+            rare = tuple(rare_train_classes) if split == "train" else ()
+            write_split(root, split, n, width, height, seed, log, detail, rare, rare_rate)
     with open(os.path.join(root, "SYNTHETIC.json"), "w") as f:
         spec = {"num_train": num_train, "num_val": num_val, "width": width, "height": height, "seed": seed}
-        json.dump(dict(spec, **({"detail": detail} if detail else {})), f)
+        if detail:
+            spec["detail"] = detail
+        if rare_train_classes:
+            spec.update(rare_train_classes=list(rare_train_classes), rare_rate=rare_rate)
+        json.dump(spec, f)
     return root
 
 
