@@ -2,14 +2,17 @@
 # `make test-fast` is the edit loop's tier: the tests that train nothing and start no process.
 PY := .venv/bin/python
 
-.PHONY: env demo test test-fast
+.PHONY: env test-tools demo test test-fast
 env:
 	bash install/setup_env.sh
+
+test-tools:
+	bash install/setup_test_tools.sh
 
 demo: env
 	$(PY) tools/run_synthetic_demo.py
 
-test: env
+test: env test-tools
 	$(PY) -m pytest -q --durations=20 tests
 
 test-fast: env
