@@ -74,6 +74,8 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
             self.source_indices = resolve_class_map(self.class_map, self.target_classes, self.source_classes)
 
     def tag_last_checkpoint(self, last_filename_basename):
+        """Names the newest checkpoint in `last_checkpoint` (written atomically), except for side
+        copies made with tag_last=False (model_best), which leave it naming the run's latest."""
         if self.tag_last:
             super().tag_last_checkpoint(last_filename_basename)
 

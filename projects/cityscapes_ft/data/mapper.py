@@ -33,6 +33,8 @@ class CityscapesInstanceMapper(DatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
+        """DatasetMapper's arguments from cfg, with vertical flips refused and the boxes always
+        recomputed from the masks."""
         if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
             raise ValueError(
                 f"INPUT.RANDOM_FLIP: Cityscapes scenes can only be flipped horizontally; got "

@@ -178,6 +178,7 @@ class ResumableTrainLoader:
             yield batch
 
     def state_dict(self):
+        """The seed, batches handed out and the stream's shape, for an exact --resume."""
         return {
             "seed": self.seed, "batches_consumed": self.batches_consumed,
             "batch_size": self.batch_size, "world_size": self.world_size,

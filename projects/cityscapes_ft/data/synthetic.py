@@ -208,6 +208,8 @@ def render_scene(rng, objects, width: int, height: int) -> Image.Image:
 
 def write_split(root: str, split: str, num_images: int, width: int, height: int, seed: int, log=print,
                 detail: int = 0, rare_classes=(), rare_rate: float = 0.05):
+    """Writes `num_images` scenes of one split: images, polygons JSON, and the instance, label and
+    colour PNGs made from it by cityscapesscripts' own converters."""
     cities = SPLIT_CITIES[split]
     rng = np.random.default_rng([seed, sorted(SPLIT_CITIES).index(split)])
     start = time.perf_counter()
@@ -269,6 +271,7 @@ def synthetic_dataset_matches(root: str, **spec) -> bool:
 
 
 def main(argv=None):
+    """The command line of datasets/make_synthetic_cityscapes.py."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="datasets/synthetic/cityscapes",
                         help="folder to hold leftImg8bit/ and gtFine/ (point DETECTRON2_DATASETS "

@@ -37,6 +37,8 @@ class StagedBackboneFreeze(HookBase):
         return "backbone and FPN" if self.include_fpn else "backbone"
 
     def before_train(self):
+        """Freezes the backbone's trainable parameters if the run starts (or resumes) inside the
+        frozen phase."""
         module = backbone_modules(self.trainer.model, self.include_fpn)
         # Only what is trainable now; FREEZE_AT's layers are not ours to unfreeze.
         self._params = [p for p in module.parameters() if p.requires_grad]
@@ -51,6 +53,7 @@ class StagedBackboneFreeze(HookBase):
         self._set_frozen(frozen)
 
     def before_step(self):
+        """Unfreezes at the end of the frozen phase; while frozen, keeps its BatchNorms in eval mode."""
         if not self.frozen:
             return
         if self.trainer.iter >= self.freeze_iters:
@@ -62,6 +65,7 @@ class StagedBackboneFreeze(HookBase):
                 m.eval()
 
     def after_step(self):
+        """Records `backbone_frozen` (1 or 0) for this iteration."""
         self.trainer.storage.put_scalar("backbone_frozen", float(self.frozen), smoothing_hint=False)
 
     def _set_frozen(self, frozen: bool):
@@ -86,9 +90,11 @@ class StagedBackboneFreeze(HookBase):
             )
 
     def state_dict(self):
+        """Whether the backbone is frozen, the phase length and when it was unfrozen, for --resume."""
         return {"frozen": self.frozen, "freeze_iters": self.freeze_iters, "unfrozen_at": self.unfrozen_at}
 
     def load_state_dict(self, state_dict):
+        """Keeps what state_dict saved; before_train applies it."""
         self._checkpoint_state = dict(state_dict)
         self.unfrozen_at = state_dict.get("unfrozen_at")
 
@@ -98,6 +104,7 @@ class LayerwiseLRScheduler(hooks.LRScheduler):
     and `lr/<part>` as each part's LR (multiplier included), instead of one group's LR."""
 
     def after_step(self):
+        """Steps the scheduler and records `lr` and each part's `lr/<part>`."""
         groups = [g for g in self._optimizer.param_groups if "part" in g]
         if not groups:
             return super().after_step()

@@ -37,6 +37,7 @@ class AtomicJSONWriter(JSONWriter):
         self._file_handle = _LineBuffer()
 
     def write(self):
+        """Appends this iteration's scalars to metrics.json, replacing records a resumed run repeats."""
         try:
             self._write()
         except OSError as e:
@@ -63,4 +64,5 @@ class AtomicJSONWriter(JSONWriter):
         self._old_records = None
 
     def close(self):
+        """Nothing to flush: every write is complete on disk."""
         pass

@@ -27,6 +27,7 @@ class GradientAccumulationTrainer(SimpleTrainer):
         )
 
     def run_step(self):
+        """One optimizer step over GRADIENT_ACCUMULATION_STEPS batches, with AMP when enabled."""
         assert self.model.training, "[GradientAccumulationTrainer] model was changed to eval mode!"
         self.optimizer.zero_grad()
         data_time = 0.0
@@ -58,12 +59,14 @@ class GradientAccumulationTrainer(SimpleTrainer):
             self.optimizer.step()
 
     def state_dict(self):
+        """The trainer's state with the gradient scaler's (AMP)."""
         ret = super().state_dict()
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
+        """Restores what state_dict saved."""
         super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

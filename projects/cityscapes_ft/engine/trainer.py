@@ -242,6 +242,8 @@ class CityscapesFTTrainer(DefaultTrainer):
         random.seed(seed)
 
     def run_step(self):
+        """One training step, its random generators seeded from (run seed, rank, iteration); a NaN
+        or infinite loss ends the run naming the last good checkpoint."""
         self.seed_step()
         try:
             super().run_step()
@@ -261,6 +263,7 @@ class CityscapesFTTrainer(DefaultTrainer):
             ) from e
 
     def build_writers(self):
+        """metrics.json (written atomically, resume-aware), the console and TensorBoard."""
         PathManager.mkdirs(self.cfg.OUTPUT_DIR)
         return [
             CommonMetricPrinter(self.max_iter),
@@ -270,6 +273,8 @@ class CityscapesFTTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        """SGD over layer-wise parameter groups (engine/optimizer.py), with detectron2's optional
+        gradient clipping."""
         return build_layerwise_optimizer(cfg, model)
 
     def build_hooks(self):
@@ -349,10 +354,12 @@ class CityscapesFTTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with the mapper INPUT.DATASET_MAPPER_NAME names."""
         return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Official Cityscapes AP and COCO box/mask AP (CITYSCAPES_FT.EVAL_TASKS) into output_folder."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return CityscapesInstanceSegEvaluator(
             dataset_name, output_folder, tasks=cfg.CITYSCAPES_FT.EVAL_TASKS

@@ -63,6 +63,7 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         self._label_ids = [contiguous_to_label_id[i] for i in range(len(self._class_names))]
 
     def reset(self):
+        """Starts an evaluation: no predictions yet, a fresh official matcher (and its worker pool)."""
         self._predictions = []
         self._coco_records = []
         self._matcher = None
@@ -73,6 +74,7 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
             self._matcher = OfficialMatcher(self._label_ids, self._workers)
 
     def process(self, inputs, outputs):
+        """Encodes each image's masks once, queues its official matching and keeps its records."""
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
             image_id = self._image_ids.get(inp["file_name"], inp.get("image_id"))
@@ -119,6 +121,7 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                           crops)
 
     def evaluate(self):
+        """Gathers every process's predictions and matches; on the main process, writes the result files and returns {"cityscapes", "bbox", "segm"} (empty elsewhere)."""
         try:
             matches = self._matcher.results() if self._matcher is not None else []
         finally:
