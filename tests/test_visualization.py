@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, load_config
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from PIL import Image
@@ -212,3 +212,27 @@ def test_report_renders_in_headless_chromium(trained, chromium, tmp_path):
                    capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert (pixels < 200).mean() > 0.05  # tables, curves and pictures were painted, not a blank page
+
+
+@pytest.mark.parametrize("input_format", ["BGR", "RGB"])
+def test_instance_predictor_is_detectron2s_default_predictor_on_a_model_in_hand(cityscapes_env, tmp_path,
+                                                                              input_format):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultPredictor
+    from detectron2.modeling import build_model
+
+    from cityscapes_ft.visualization import InstancePredictor
+
+    cfg = load_config(TINY, "INPUT.FORMAT", input_format, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "weights.pth")
+    image = cv2.imread(val_images(cityscapes_env)[0])  # BGR, as both take it
+    model.train()
+    ours = InstancePredictor(cfg, model)(image)["instances"]
+    assert model.training  # the mode it found is put back
+    theirs = DefaultPredictor(cfg)(image)["instances"]
+    assert len(ours) == len(theirs) > 0
+    torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+    torch.testing.assert_close(ours.scores, theirs.scores)

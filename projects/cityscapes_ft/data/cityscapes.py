@@ -64,7 +64,9 @@ def list_cityscapes_files(root: str, split: str, problems: Optional[List[str]] =
     hint = (
         f"Expected the Cityscapes layout {CITYSCAPES_LAYOUT.format(root=root, split=split)}. "
         "Set DETECTRON2_DATASETS to the folder that contains cityscapes/ (see datasets/README.md), "
-        "or make synthetic data with `python datasets/make_synthetic_cityscapes.py`."
+        "or make synthetic Cityscapes-format data with "
+        "cityscapes_ft.data.synthetic.make_synthetic_cityscapes (datasets/make_synthetic_cityscapes.py in "
+        "the repository)."
     )
     for folder in (image_dir, gt_dir):
         if not os.path.isdir(folder):

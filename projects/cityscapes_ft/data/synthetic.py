@@ -21,6 +21,8 @@ from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from PIL import Image, ImageDraw
 from shapely.geometry import Polygon, box
 
+from .cityscapes import CITYSCAPES_THING_CLASSES
+
 SPLIT_CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt", "lindau"], "test": ["berlin"]}
 
 # Colour family of each drawn label (RGB); objects get a jittered variant.
@@ -158,7 +160,7 @@ def make_scene(rng: np.random.Generator, width: int, height: int, detail: int = 
     add("road", [(width * 0.25, road_top), (width * 0.75, road_top), (width, height * 0.9), (width, height), (0, height), (0, height * 0.9)])
 
     # Objects: sample depths, draw far (small, near the horizon) to near (big, low in the image).
-    things = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+    things = list(CITYSCAPES_THING_CLASSES)
     if rare_classes:  # each rare class in about `rare_rate` of the images, the others as usual
         common = [t for t in things if t not in rare_classes]
         kinds = list(rng.choice(common, size=int(rng.integers(4, 9))))

@@ -25,6 +25,7 @@ from .run_directory import (
     replace_directory,
     staging_directory,
 )
+from .optimizer import unwrap
 from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger("cityscapes_ft")
@@ -150,7 +151,7 @@ def _draw_predictions_and_report(cfg, model):
     if not comm.is_main_process():
         return
     if cfg.CITYSCAPES_FT.VIS_NUM_IMAGES > 0 and cfg.DATASETS.TEST:
-        model = model.module if hasattr(model, "module") else model
+        model = unwrap(model)
         out_dir = os.path.join(cfg.OUTPUT_DIR, "predictions")
         with torch.no_grad():
             files = draw_dataset_predictions(

@@ -75,9 +75,10 @@ class VisualizationDemo:
         self.confidence_threshold = confidence_threshold
 
     def run_on_image(self, image: np.ndarray):
-        """image in cfg.INPUT.FORMAT -> (predictions, RGB picture)."""
+        """A BGR image (as OpenCV reads it, and as detectron2's predictor takes it) ->
+        (predictions, RGB picture)."""
         predictions = self.predictor(image)
-        rgb = utils.convert_image_to_rgb(image, self.cfg.INPUT.FORMAT)
+        rgb = np.ascontiguousarray(image[:, :, ::-1])
         return predictions, draw_instances(rgb, predictions["instances"], self.metadata,
                                            self.confidence_threshold)
 
@@ -86,7 +87,7 @@ class VisualizationDemo:
         a warning and skipped."""
         for path in tqdm.tqdm(files, desc="demo", unit="image", disable=not progress):
             try:
-                image = utils.read_image(path, format=self.cfg.INPUT.FORMAT)
+                image = utils.read_image(path, format="BGR")
             except (OSError, ValueError, SyntaxError) as e:
                 logger.warning(f"Skipped unreadable image {path}: {e}")
                 continue
@@ -110,7 +111,7 @@ class VisualizationDemo:
             ok, frame = capture.read()  # BGR
             if not ok:
                 return
-            yield frame if self.cfg.INPUT.FORMAT == "BGR" else frame[:, :, ::-1]
+            yield frame
 
     def run_on_video(self, video: str, output: str) -> str:
         """Writes `output` (a file, or a folder to hold <name>.mp4) with the predictions drawn on

@@ -7,27 +7,32 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 
-class InstancePredictor:
-    """Runs a built model on one BGR/RGB image (as cfg.INPUT.FORMAT says) at the test size."""
+class InstancePredictor(DefaultPredictor):
+    """detectron2's DefaultPredictor (a BGR image in; the test-time resize, the model's channel
+    order and no_grad as it does them) around a model that is already built and loaded: the
+    trainer's own after training, or the demo's, which our checkpointer loaded. It runs the model
+    in eval mode and puts back the mode it found."""
 
     def __init__(self, cfg, model):
+        # Not DefaultPredictor.__init__, which would build and load a second model; these are
+        # the attributes its __call__ reads.
+        self.cfg = cfg.clone()
         self.model = model
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray):
+    def __call__(self, original_image: np.ndarray):
+        """original_image: (H, W, 3) uint8 in BGR order, as DefaultPredictor takes it."""
         was_training = self.model.training
         self.model.eval()
         try:
-            height, width = image.shape[:2]
-            resized = self.resize.get_transform(image).apply_image(image)
-            tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]
+            return super().__call__(original_image)
         finally:
             self.model.train(was_training)
 
@@ -63,9 +68,9 @@ def draw_dataset_predictions(cfg, model, dataset_name, out_dir, num_images, scor
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for d in DatasetCatalog.get(dataset_name)[:num_images]:
-        image = utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
-        rgb = utils.convert_image_to_rgb(image, cfg.INPUT.FORMAT)
-        pred = draw_instances(rgb, predictor(image)["instances"], metadata, score_thresh)
+        bgr = utils.read_image(d["file_name"], format="BGR")
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        pred = draw_instances(rgb, predictor(bgr)["instances"], metadata, score_thresh)
         gt = draw_ground_truth(rgb, d, metadata)
         path = os.path.join(out_dir, os.path.basename(d["file_name"]).replace("_leftImg8bit.png", "_pred_vs_gt.png"))
         Image.fromarray(np.concatenate([pred, gt], axis=0)).save(path)
