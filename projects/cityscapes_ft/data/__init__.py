@@ -5,6 +5,7 @@ from .cityscapes import (
     CityscapesDataError,
     cityscapes_root,
     load_cityscapes_ft_instances,
+    load_cityscapes_images,
 )
 from .mapper import MAPPER_REGISTRY, CityscapesInstanceMapper, build_mapper
 from .register import CITYSCAPES_FT_SPLITS, EVALUATOR_TYPE, register_cityscapes_ft_instances

@@ -377,3 +377,31 @@ def _log_loaded(dicts, split, root, problems, source):
             len(dicts), sum(len(d["annotations"]) for d in dicts), split, root,
             f" ({source})" if source else "",
         )
+
+
+def load_cityscapes_images(root: str, split: str) -> List[Dict]:
+    """The images of a split without annotations (the test split: its labels are not public), as
+    dataset dicts for inference: file_name, image_id, height, width."""
+    image_dir = os.path.join(root, "leftImg8bit", split)
+    if not os.path.isdir(image_dir):
+        raise CityscapesDataError(
+            f"Cityscapes folder not found: {image_dir}. Expected {root}/leftImg8bit/{split}/<city>/"
+            "<city>_<seq>_<frame>_leftImg8bit.png; set DETECTRON2_DATASETS to the folder that contains cityscapes/"
+        )
+    suffix = "_leftImg8bit.png"
+    dicts = []
+    for city in sorted(os.listdir(image_dir)):
+        city_dir = os.path.join(image_dir, city)
+        for name in sorted(os.listdir(city_dir)) if os.path.isdir(city_dir) else []:
+            if name.endswith(suffix):
+                path = os.path.join(city_dir, name)
+                try:
+                    with Image.open(path) as image:
+                        width, height = image.size
+                except OSError as e:
+                    raise CityscapesDataError(f"Unreadable image {path}: {e}") from e
+                dicts.append({"file_name": path, "image_id": name[: -len(suffix)], "height": height, "width": width})
+    if not dicts:
+        raise CityscapesDataError(f"No *{suffix} images in {image_dir}")
+    logger.info(f"Loaded {len(dicts)} images of the Cityscapes {split} split (no annotations) from {root}")
+    return dicts

@@ -14,26 +14,27 @@ from .cityscapes import (
     CITYSCAPES_THING_LABEL_IDS,
     cityscapes_root,
     load_cityscapes_ft_instances,
+    load_cityscapes_images,
 )
 
 EVALUATOR_TYPE = "cityscapes_ft_instance"
 CITYSCAPES_FT_SPLITS = {
     "cityscapes_ft_instance_train": "train",
     "cityscapes_ft_instance_val": "val",
+    "cityscapes_ft_instance_test": "test",  # images only: for tools/make_submission.py
 }
+SPLITS_WITHOUT_ANNOTATIONS = ("test",)
 
 
 def register_cityscapes_ft_instances(name: str, split: str, root=None):
-    """Register one Cityscapes-format split under `name`.
+    """Register one Cityscapes-format split under `name` (the test split: its images only).
 
     `root` is the folder holding leftImg8bit/ and gtFine/; None means `$DETECTRON2_DATASETS/cityscapes`
     resolved when the dataset is loaded.
     """
+    load = load_cityscapes_images if split in SPLITS_WITHOUT_ANNOTATIONS else load_cityscapes_ft_instances
     DatasetCatalog.register(
-        name,
-        lambda split=split, root=root: load_cityscapes_ft_instances(
-            root if root is not None else cityscapes_root(), split
-        ),
+        name, lambda split=split, root=root, load=load: load(root if root is not None else cityscapes_root(), split)
     )
     MetadataCatalog.get(name).set(
         thing_classes=list(CITYSCAPES_THING_CLASSES),
@@ -47,7 +48,7 @@ def register_cityscapes_ft_instances(name: str, split: str, root=None):
 
 
 def register_all_cityscapes_ft():
-    """Register cityscapes_ft_instance_{train,val} unless already registered."""
+    """Register cityscapes_ft_instance_{train,val,test} unless already registered."""
     for name, split in CITYSCAPES_FT_SPLITS.items():
         if name not in DatasetCatalog.list():
             register_cityscapes_ft_instances(name, split)

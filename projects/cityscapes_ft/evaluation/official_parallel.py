@@ -44,7 +44,7 @@ def _configure(pred_dir=None):
     return args
 
 
-def write_prediction_masks(pred_dir, stem, classes, scores, masks, label_ids):
+def write_prediction_masks(pred_dir, stem, classes, scores, masks, label_ids, compress_level=1):
     """`<stem>_pred.txt` listing one PNG mask, its Cityscapes label id and score per line.
     masks: boolean arrays (H, W), or pycocotools RLE dicts."""
     txt = os.path.join(pred_dir, stem + "_pred.txt")
@@ -53,7 +53,7 @@ def write_prediction_masks(pred_dir, stem, classes, scores, masks, label_ids):
             if isinstance(mask, dict):
                 mask = mask_util.decode(mask)
             png = f"{stem}_{i}.png"
-            Image.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(os.path.join(pred_dir, png), compress_level=1)
+            Image.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(os.path.join(pred_dir, png), compress_level=compress_level)
             f.write(f"{png} {label_ids[cls]} {score}\n")
     return txt
 
