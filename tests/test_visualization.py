@@ -131,6 +131,21 @@ def test_demo_bad_input_is_one_clear_message(synthetic_root, tmp_path):
     assert proc.returncode == 2 and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_visualize_data_defaults_to_the_current_folder_and_show_without_a_display_is_one_message(synthetic_root,
+                                                                                                  tmp_path):
+    env = dict({k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")},
+               DETECTRON2_DATASETS=synthetic_root)
+    script = os.path.join(REPO, "tools", "visualize_data.py")
+    proc = subprocess.run([sys.executable, script, "--config-file", TINY, "--num-images", "2"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(glob.glob(str(tmp_path / "annotation_*.png"))) == 2  # detectron2's default: ./
+    proc = subprocess.run([sys.executable, script, "--config-file", TINY, "--show"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--show needs a display" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("source", ["annotation", "dataloader"])
 def test_visualize_data_draws_the_split(synthetic_root, tmp_path, source):
     tool("visualize_data.py", "--config-file", TINY, "--source", source, "--output-dir", str(tmp_path),

@@ -2,13 +2,20 @@
 """Draw the ground truth of a registered split, as loaded or after the training mapper.
 
     python tools/visualize_data.py --config-file configs/cs_ft.yaml --source dataloader \
-        --output-dir out/data [--dataset cityscapes_ft_instance_train] [--num-images 8]
+        --output-dir out/data [--dataset cityscapes_ft_instance_train] [--num-images 8] [--show]
+
+As detectron2's tool: pictures go to --output-dir (default: the current folder), or with --show
+into a window (any key: next, Esc: stop) where there is a display.
 """
 import argparse
 
+import cv2
+
 from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.errors import user_errors_as_messages
-from cityscapes_ft.visualization import draw_dataset
+from cityscapes_ft.visualization import DemoInputError, draw_dataset
+from cityscapes_ft.visualization.dataset_viewer import dataset_pictures
+from cityscapes_ft.visualization.demo import WINDOW, display_available
 
 
 def get_parser():
@@ -16,7 +23,8 @@ def get_parser():
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--source", choices=["annotation", "dataloader"], default="annotation")
     parser.add_argument("--dataset", help="registered name; default DATASETS.TRAIN[0]")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", default="./")
+    parser.add_argument("--show", action="store_true", help="show the pictures in a window instead")
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     return parser
@@ -26,5 +34,16 @@ if __name__ == "__main__":
     args = get_parser().parse_args()
     with user_errors_as_messages():
         cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
-        written = draw_dataset(cfg, args.dataset or cfg.DATASETS.TRAIN[0], args.source, args.output_dir, args.num_images)
-        print(f"Wrote {len(written)} pictures to {args.output_dir}")
+        dataset = args.dataset or cfg.DATASETS.TRAIN[0]
+        if args.show:
+            if not display_available():
+                raise DemoInputError("--show needs a display (and OpenCV built with windows): leave it out to "
+                                     "write the pictures to --output-dir")
+            for file_name, picture in dataset_pictures(cfg, dataset, args.source, args.num_images):
+                cv2.imshow(WINDOW, picture[:, :, ::-1])
+                if cv2.waitKey(0) == 27:  # Esc
+                    break
+            cv2.destroyAllWindows()
+        else:
+            written = draw_dataset(cfg, dataset, args.source, args.output_dir, args.num_images)
+            print(f"Wrote {len(written)} pictures to {args.output_dir}")

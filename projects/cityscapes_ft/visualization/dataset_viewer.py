@@ -1,6 +1,6 @@
 """Ground truth of a registered split, as loaded or as the training mapper augments it."""
 import os
-from typing import List
+from typing import Iterator, List, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -12,16 +12,15 @@ from ..data import build_mapper
 from .drawing import draw_ground_truth
 
 
-def draw_dataset(cfg, dataset_name: str, source: str, output_dir: str, num_images: int = 8) -> List[str]:
-    """source "annotation": the dataset dicts as loaded; "dataloader": after the training mapper
-    (resize, flip, polygons to masks, crowd removed), so the augmentations can be seen."""
+def dataset_pictures(cfg, dataset_name: str, source: str, num_images: int = 8) -> Iterator[Tuple[str, np.ndarray]]:
+    """(file name, RGB picture) of the first images of a split. source "annotation": the dataset
+    dicts as loaded; "dataloader": after the training mapper (resize, flip, crop, polygons to
+    masks, crowd removed), so the augmentations can be seen."""
     if source not in ("annotation", "dataloader"):
         raise ValueError(f"--source must be 'annotation' or 'dataloader', got '{source}'")
     metadata = MetadataCatalog.get(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)[:num_images]
     mapper = build_mapper(cfg, is_train=True) if source == "dataloader" else None
-    os.makedirs(output_dir, exist_ok=True)
-    written = []
     for d in dicts:
         if mapper is None:
             picture = draw_ground_truth(utils.read_image(d["file_name"], format="RGB"), d, metadata)
@@ -36,7 +35,15 @@ def draw_dataset(cfg, dataset_name: str, source: str, output_dir: str, num_image
             picture = vis.overlay_instances(
                 labels=names, boxes=inst.gt_boxes, masks=masks, assigned_colors=colors
             ).get_image()
-        path = os.path.join(output_dir, f"{source}_" + os.path.basename(d["file_name"]))
+        yield d["file_name"], picture
+
+
+def draw_dataset(cfg, dataset_name: str, source: str, output_dir: str, num_images: int = 8) -> List[str]:
+    """Saves dataset_pictures as `<output_dir>/<source>_<image name>`; returns the paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for file_name, picture in dataset_pictures(cfg, dataset_name, source, num_images):
+        path = os.path.join(output_dir, f"{source}_" + os.path.basename(file_name))
         Image.fromarray(picture).save(path)
         written.append(path)
     return written
