@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, load_config
-from conftest import TINY, run, train_net
+from conftest import CONFIGS, TINY, load_config, run, train_net
+from detectron2.data import MetadataCatalog
 
 from cityscapes_ft.utils import read_metrics
 from cityscapes_ft.schedule import resolve_training_schedule
@@ -527,6 +527,16 @@ def test_repeat_factors_come_from_detectron2_rule_and_favour_rare_classes(citysc
     assert factors.tolist() == expected.tolist()
     assert factors.max() > 1.0 and factors.min() == 1.0
     assert training_repeat_factors(tiny_cfg("unused"), dicts) is None
+    # per class: images with the class, and how many of them a pass draws on average
+    from cityscapes_ft.data.train_dicts import training_class_counts
+
+    names = MetadataCatalog.get("cityscapes_ft_instance_train").thing_classes
+    once, repeated = training_class_counts(dicts, names), training_class_counts(dicts, names, factors)
+    for c, (a, b) in enumerate(zip(once, repeated)):
+        with_class = [f for d, f in zip(dicts, factors.tolist())
+                      if any(x["category_id"] == c and not x["iscrowd"] for x in d["annotations"])]
+        assert a["images"] == b["images"] == len(with_class) and a["images_per_pass"] == len(with_class)
+        assert b["images_per_pass"] == pytest.approx(sum(with_class), abs=0.01)
 
 
 def test_synthetic_rare_classes_are_rare_in_training_only(tmp_path):
@@ -555,8 +565,8 @@ def test_repeat_factor_comparison_trains_both_ways_and_reports_rare_classes(tmp_
                 "--rare-classes", "bus,train", "--rare-rate", "0.2"], datasets="/nonexistent")
     result = json.load(open(out / "compare_repeat_factor_sampling.json"))
     assert set(result["runs"]) == {"TrainingSampler", "RepeatFactorTrainingSampler"}
-    assert "Repeat-factor sampling (threshold 0.3)" in open(out / "RepeatFactorTrainingSampler" / "log.txt").read()
-    assert "Repeat-factor sampling" not in open(out / "TrainingSampler" / "log.txt").read()
+    assert "repeat-factor sampling (threshold 0.3)" in open(out / "RepeatFactorTrainingSampler" / "log.txt").read()
+    assert "each image once per pass" in open(out / "TrainingSampler" / "log.txt").read()
     for sampler, r in result["runs"].items():
         saved = json.load(open(glob.glob(str(out / sampler / "eval_results" / "*.json"))[0]))["results"]
         assert r["official_AP"] == saved["cityscapes"]["AP"]

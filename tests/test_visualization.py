@@ -1,5 +1,6 @@
 """Demo, data viewer, saved-prediction viewer, curves and the run report."""
 import glob
+import json
 import os
 import re
 import shutil
@@ -201,6 +202,11 @@ def test_training_leaves_curves_report_and_tensorboard_events(trained):
     assert "Training schedule" in html
     assert "<td>max iterations</td><td>4 (1.00 epochs)</td>" in html
     assert "<td>training images after filtering</td><td>8</td>" in html
+    # the training set per class, as the log stated it at start
+    training_set = json.load(open(os.path.join(out, "training_set.json")))
+    assert training_set["images"] == 8 and "Training set" in html
+    for row in training_set["classes"]:
+        assert f"<tr><td>{row['class']}</td><td>{row['instances']}</td><td>{row['images']}</td>" in html
 
 
 @pytest.fixture(scope="session")

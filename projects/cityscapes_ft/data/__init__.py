@@ -10,6 +10,6 @@ from .cityscapes import (
 from .mapper import MAPPER_REGISTRY, CityscapesInstanceMapper, build_mapper
 from .register import CITYSCAPES_FT_SPLITS, EVALUATOR_TYPE, register_cityscapes_ft_instances
 from .register import register_all_cityscapes_ft
-from .train_dicts import training_dataset_dicts, training_repeat_factors
+from .train_dicts import log_training_set, training_dataset_dicts, training_repeat_factors
 
 register_all_cityscapes_ft()

@@ -1,6 +1,7 @@
 """The training set as the training loader samples it."""
 import inspect
 import logging
+import os
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
@@ -8,6 +9,7 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations, pri
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 from .cityscapes import cityscapes_root, load_cityscapes_ft_instances
+from ..utils import atomic_write_json
 from .register import EVALUATOR_TYPE
 
 logger = logging.getLogger(__name__)
@@ -43,22 +45,44 @@ def training_dataset_dicts(cfg):
 def training_repeat_factors(cfg, dicts):
     """With DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler: each image's repeat factor from
     detectron2's own category-frequency rule (DATALOADER.REPEAT_THRESHOLD, and REPEAT_SQRT where
-    this detectron2 has it), with the images per class logged before and after; otherwise None."""
+    this detectron2 has it); otherwise None."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "RepeatFactorTrainingSampler":
         return None
     compute = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency
     kwargs = {}
     if "sqrt" in inspect.signature(compute).parameters and "REPEAT_SQRT" in cfg.DATALOADER:
         kwargs["sqrt"] = cfg.DATALOADER.REPEAT_SQRT
-    factors = compute(dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **kwargs)
-    classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
-    images_with = np.zeros(len(classes))
-    expected = np.zeros(len(classes))
-    for d, factor in zip(dicts, factors.tolist()):
-        for c in {a["category_id"] for a in d.get("annotations", ()) if not a.get("iscrowd", 0)}:
-            images_with[c] += 1
-            expected[c] += factor
-    table = ", ".join(f"{name} {int(n)} -> {e:.1f}" for name, n, e in zip(classes, images_with, expected))
-    logger.info(f"Repeat-factor sampling (threshold {cfg.DATALOADER.REPEAT_THRESHOLD}): {len(dicts)} images "
-                f"-> {float(factors.sum()):.1f} per pass on average; images per class, once -> per pass: {table}")
-    return factors
+    return compute(dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **kwargs)
+
+
+def training_class_counts(dicts, class_names, repeat_factors=None):
+    """Per class: instances and images (crowd regions left out) of the training set, and the
+    images the sampler draws per pass on average (the same without repeat factors)."""
+    instances = np.zeros(len(class_names), dtype=int)
+    images = np.zeros(len(class_names), dtype=int)
+    per_pass = np.zeros(len(class_names))
+    factors = np.ones(len(dicts)) if repeat_factors is None else np.asarray(repeat_factors, dtype=float)
+    for d, factor in zip(dicts, factors):
+        present = [a["category_id"] for a in d.get("annotations", ()) if not a.get("iscrowd", 0)]
+        np.add.at(instances, present, 1)
+        for c in set(present):
+            images[c] += 1
+            per_pass[c] += factor
+    return [{"class": name, "instances": int(i), "images": int(n), "images_per_pass": round(float(p), 2)}
+            for name, i, n, p in zip(class_names, instances, images, per_pass)]
+
+
+def log_training_set(cfg, dicts, repeat_factors, output_dir=None):
+    """Logs the training set per class (with what repeat-factor sampling makes of it) and, given
+    an output folder, writes it to <output_dir>/training_set.json for the run report."""
+    counts = training_class_counts(dicts, MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes, repeat_factors)
+    sampling = (f"repeat-factor sampling (threshold {cfg.DATALOADER.REPEAT_THRESHOLD}): "
+                f"{float(np.asarray(repeat_factors, dtype=float).sum()):.1f} images per pass on average"
+                if repeat_factors is not None else "each image once per pass")
+    rows = "\n".join(f"  {r['class']:<12}{r['instances']:>10}{r['images']:>8}{r['images_per_pass']:>16.1f}" for r in counts)
+    logger.info(f"Training set: {len(dicts)} images, {sampling}\n  {'class':<12}{'instances':>10}{'images':>8}"
+                f"{'images per pass':>16}\n{rows}")
+    if output_dir:
+        atomic_write_json(os.path.join(output_dir, "training_set.json"),
+                          {"images": len(dicts), "sampling": sampling, "classes": counts})
+    return counts

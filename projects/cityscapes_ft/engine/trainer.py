@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
 from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
-from ..data import build_mapper, training_dataset_dicts, training_repeat_factors
+from ..data import build_mapper, log_training_set, training_dataset_dicts, training_repeat_factors
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import CheckpointUnreadable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
@@ -344,8 +344,10 @@ class CityscapesFTTrainer(DefaultTrainer):
         )
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         dicts = training_dataset_dicts(cfg)
+        repeat_factors = training_repeat_factors(cfg, dicts)
+        log_training_set(cfg, dicts, repeat_factors, cfg.OUTPUT_DIR if comm.is_main_process() else None)
         return ResumableTrainLoader(
-            dicts, build_mapper(cfg, is_train=True), repeat_factors=training_repeat_factors(cfg, dicts),
+            dicts, build_mapper(cfg, is_train=True), repeat_factors=repeat_factors,
             batch_size=batch_size, seed=seed, rank=comm.get_rank(),
             world_size=world, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,

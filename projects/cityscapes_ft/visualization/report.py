@@ -48,6 +48,15 @@ def _schedule_table(schedule):
         for k, v in TrainingSchedule.from_dict(schedule).rows()) + "</table>")
 
 
+def _training_set_table(training_set):
+    """The training set per class (OUTPUT_DIR/training_set.json), as the training log states it."""
+    rows = "".join(f"<tr><td>{html.escape(c['class'])}</td><td>{c['instances']}</td><td>{c['images']}</td>"
+                   f"<td>{c['images_per_pass']:.1f}</td></tr>" for c in training_set["classes"])
+    return (f"<h2>Training set</h2><p>{training_set['images']} images, {html.escape(training_set['sampling'])}</p>"
+            "<table class='training-set'><tr><th>class</th><th>instances</th><th>images</th>"
+            f"<th>images per pass</th></tr>{rows}</table>")
+
+
 def _fmt(v):
     return "nan" if v is None or v != v else f"{v:.2f}"
 
@@ -75,6 +84,10 @@ def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str
             resolved = json.load(f)
         parts.append(f"<h2>Training schedule (stated in {html.escape(resolved['unit'])})</h2>")
         parts.append(_schedule_table(resolved))
+    training_set = os.path.join(output_dir, "training_set.json")
+    if os.path.isfile(training_set):
+        with open(training_set) as f:
+            parts.append(_training_set_table(json.load(f)))
     pictures = sorted(glob.glob(os.path.join(output_dir, "predictions", "*.png")))[:max_pictures]
     if pictures:
         parts.append("<h2>Predictions (top) and ground truth (bottom)</h2>")
