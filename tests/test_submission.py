@@ -39,7 +39,9 @@ def test_val_submission_scored_by_cityscapesscripts_command_line_equals_our_offi
     official = json.load(open(export))
     assert 100 * official["averages"]["allAp"] == ours["AP"]
     assert 100 * official["averages"]["allAp50%"] == ours["AP50"]
-    assert ours["AP50"] > 0  # predictions were there to score
+    # and there were predictions to score (a 4-iteration model scores near 0 AP, whatever its seed)
+    lines = [line for t in glob.glob(str(tmp_path / "sub" / "results" / "*_pred.txt")) for line in open(t)]
+    assert len(lines) > 0
 
 
 @pytest.mark.slow

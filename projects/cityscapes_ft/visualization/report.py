@@ -84,14 +84,14 @@ def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str
             resolved = json.load(f)
         parts.append(f"<h2>Training schedule (stated in {html.escape(resolved['unit'])})</h2>")
         parts.append(_schedule_table(resolved))
-    training_set = os.path.join(output_dir, "training_set.json")
-    if os.path.isfile(training_set):
-        with open(training_set) as f:
-            parts.append(_training_set_table(json.load(f)))
     pictures = sorted(glob.glob(os.path.join(output_dir, "predictions", "*.png")))[:max_pictures]
     if pictures:
         parts.append("<h2>Predictions (top) and ground truth (bottom)</h2>")
         parts.extend(_img(p, os.path.basename(p)) for p in pictures)
+    training_set = os.path.join(output_dir, "training_set.json")
+    if os.path.isfile(training_set):
+        with open(training_set) as f:
+            parts.append(_training_set_table(json.load(f)))
     config = os.path.join(output_dir, "config.yaml")
     if os.path.isfile(config):
         with open(config) as f:
