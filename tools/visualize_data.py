@@ -9,13 +9,11 @@ into a window (any key: next, Esc: stop) where there is a display.
 """
 import argparse
 
-import cv2
-
 from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.errors import user_errors_as_messages
 from cityscapes_ft.visualization import DemoInputError, draw_dataset
 from cityscapes_ft.visualization.dataset_viewer import dataset_pictures
-from cityscapes_ft.visualization.demo import WINDOW, display_available
+from cityscapes_ft.visualization.demo import display_available, show_in_window
 
 
 def get_parser():
@@ -39,11 +37,7 @@ if __name__ == "__main__":
             if not display_available():
                 raise DemoInputError("--show needs a display (and OpenCV built with windows): leave it out to "
                                      "write the pictures to --output-dir")
-            for file_name, picture in dataset_pictures(cfg, dataset, args.source, args.num_images):
-                cv2.imshow(WINDOW, picture[:, :, ::-1])
-                if cv2.waitKey(0) == 27:  # Esc
-                    break
-            cv2.destroyAllWindows()
+            show_in_window(picture for _, picture in dataset_pictures(cfg, dataset, args.source, args.num_images))
         else:
             written = draw_dataset(cfg, dataset, args.source, args.output_dir, args.num_images)
             print(f"Wrote {len(written)} pictures to {args.output_dir}")

@@ -63,12 +63,10 @@ def write_cityscapes_prediction(pred_dir, stem, pred, label_ids):
     return write_prediction_masks(pred_dir, stem, pred["classes"], pred["scores"], pred["masks"], label_ids)
 
 
-def _void_label_ids():
-    return np.array([label.id for label in cs_labels if label.ignoreInEval], dtype=np.int64)
-
-
-def _evaluated_label_names():
-    return [label.name for label in cs_labels if label.hasInstances and not label.ignoreInEval]
+# cityscapesscripts' label table, read once: the void ids (ignored in evaluation) and the
+# instance classes it evaluates, in its order (setInstanceLabels).
+VOID_LABEL_IDS = [label.id for label in cs_labels if label.ignoreInEval]
+EVALUATED_LABEL_NAMES = [label.name for label in cs_labels if label.hasInstances and not label.ignoreInEval]
 
 
 def read_instance_ids(gt_file):
@@ -91,7 +89,7 @@ class GroundTruthInstanceImage:
             raise ValueError(f"{gt_file}: expected a one-channel image of Cityscapes label and instance ids")
         counts = np.bincount(ids.ravel())
         present = np.flatnonzero(counts)  # ascending, as np.unique orders them
-        self.instances = {name: [] for name in _evaluated_label_names()}
+        self.instances = {name: [] for name in EVALUATED_LABEL_NAMES}
         for inst_id in present.tolist():
             label_id = inst_id if inst_id < 1000 else int(inst_id / 1000)
             label = cs_id2label.get(label_id)
@@ -106,7 +104,7 @@ class GroundTruthInstanceImage:
         lookup[present] = np.arange(len(present))
         self.index = lookup[ids]
         self.position = {int(i): k for k, i in enumerate(present.tolist())}
-        self.void = [self.position[i] for i in _void_label_ids().tolist() if i in self.position]
+        self.void = [self.position[i] for i in VOID_LABEL_IDS if i in self.position]
         self.shape = ids.shape
 
 
@@ -119,17 +117,16 @@ def match_image_in_memory(gt_file, image_size, classes, scores, crops, label_ids
     if tuple(image_size) != gt.shape:
         raise ValueError(f"predictions for {gt_file} are {tuple(image_size)} (height, width); "
                          f"its ground truth is {gt.shape}")
-    wanted = set(_evaluated_label_names())
     gt_instances = copy.deepcopy(gt.instances)
     for insts in gt_instances.values():
         for g in insts:
             g["matchedPred"] = []
-    predictions = {name: [] for name in _evaluated_label_names()}
+    predictions = {name: [] for name in EVALUATED_LABEL_NAMES}
     count = 0
     for k, (cls, score, crop) in enumerate(zip(classes, scores, crops)):
         label_id = int(label_ids[cls])
         name = cs_id2label[label_id].name
-        if name not in wanted or crop is None:
+        if name not in predictions or crop is None:
             continue  # cityscapesscripts skips other labels and empty masks
         mask = crop.pixels()
         region = gt.index[crop.y0 : crop.y0 + crop.height, crop.x0 : crop.x0 + crop.width]

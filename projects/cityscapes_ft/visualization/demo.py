@@ -3,7 +3,7 @@ import glob
 import logging
 import os
 import sys
-from typing import Iterator, List
+from typing import Iterable, Iterator, List
 
 import cv2
 import numpy as np
@@ -59,6 +59,18 @@ def display_available() -> bool:
         return True
     except cv2.error:
         return False
+
+
+def show_in_window(pictures: Iterable[np.ndarray], wait_ms: int = 0):
+    """Shows RGB pictures one after another in one window: each for wait_ms (0: until a key is
+    pressed); Esc stops. The window is closed at the end."""
+    try:
+        for picture in pictures:
+            cv2.imshow(WINDOW, picture[:, :, ::-1])
+            if cv2.waitKey(wait_ms) == 27:  # Esc
+                break
+    finally:
+        cv2.destroyAllWindows()
 
 
 class VisualizationDemo:
@@ -139,14 +151,13 @@ class VisualizationDemo:
 
     def show_files(self, files: List[str]):
         """Shows each picture in a window; any key shows the next, Esc stops."""
-        try:
+
+        def pictures():
             for path, predictions, picture in self._drawn_files(files, progress=False):
                 logger.info(f"{path}: {len(predictions['instances'])} instances")
-                cv2.imshow(WINDOW, picture[:, :, ::-1])
-                if cv2.waitKey(0) == 27:  # Esc
-                    break
-        finally:
-            cv2.destroyAllWindows()
+                yield picture
+
+        show_in_window(pictures())
 
     def show_video(self, video: str):
         """Shows the video with the predictions drawn on every frame; Esc stops."""
@@ -157,14 +168,9 @@ class VisualizationDemo:
 
     def _show_frames(self, capture):
         try:
-            for frame in self._frames(capture):
-                _, picture = self.run_on_image(frame)
-                cv2.imshow(WINDOW, picture[:, :, ::-1])
-                if cv2.waitKey(1) == 27:  # Esc
-                    break
+            show_in_window((self.run_on_image(frame)[1] for frame in self._frames(capture)), wait_ms=1)
         finally:
             capture.release()
-            cv2.destroyAllWindows()
 
     def run_on_webcam(self, camera: int = 0):
         """Shows the webcam's frames with the predictions drawn, until Esc or the stream ends."""
