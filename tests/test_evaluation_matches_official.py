@@ -23,7 +23,7 @@ from cityscapes_ft.data import register_cityscapes_ft_instances
 from cityscapes_ft.data.synthetic import make_synthetic_cityscapes
 from cityscapes_ft.evaluation import CityscapesInstanceSegEvaluator
 from cityscapes_ft.evaluation.masks import encode_masks
-from cityscapes_ft.evaluation.official_parallel import match_image_in_memory, write_cityscapes_prediction
+from cityscapes_ft.evaluation.official_parallel import match_image_in_memory, write_prediction_masks
 
 LABEL_IDS = [24, 25, 26, 27, 28, 31, 32, 33]
 
@@ -97,7 +97,8 @@ def run_official_script(name, predictions, tmp_path):
     gts, preds = [], []
     for d in DatasetCatalog.get(name):
         stem = os.path.basename(d["file_name"])[: -len("_leftImg8bit.png")]
-        preds.append(write_cityscapes_prediction(str(pred_dir), stem, by_file[d["file_name"]], LABEL_IDS))
+        p = by_file[d["file_name"]]
+        preds.append(write_prediction_masks(str(pred_dir), stem, p["classes"], p["scores"], p["masks"], LABEL_IDS))
         gts.append(os.path.abspath(d["instance_ids_file"]))
     args = cs_eval.args
     args.predictionPath, args.predictionWalk = str(pred_dir), None

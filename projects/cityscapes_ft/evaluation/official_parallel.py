@@ -58,11 +58,6 @@ def write_prediction_masks(pred_dir, stem, classes, scores, masks, label_ids, co
     return txt
 
 
-def write_cityscapes_prediction(pred_dir, stem, pred, label_ids):
-    """The same, for a saved prediction record (classes, scores, RLE masks)."""
-    return write_prediction_masks(pred_dir, stem, pred["classes"], pred["scores"], pred["masks"], label_ids)
-
-
 # cityscapesscripts' label table, read once: the void ids (ignored in evaluation) and the
 # instance classes it evaluates, in its order (setInstanceLabels).
 VOID_LABEL_IDS = [label.id for label in cs_labels if label.ignoreInEval]
