@@ -17,17 +17,28 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$py" -c "import citysca
 fi
 
 if [[ ! -x "$py" ]]; then
-    echo "[setup_env] creating $venv"
-    "${PYTHON:-python3}" -m venv "$venv"
+    python="${PYTHON:-python3}"
+    version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || {
+        echo "[setup_env] PYTHON=$python does not run; set PYTHON to a Python 3.11, 3.12 or 3.13 interpreter" \
+             "(with pyenv: PYTHON=\$(pyenv prefix 3.12.1)/bin/python3.12)" >&2; exit 2; }
+    case "$version" in 3.11|3.12|3.13) ;; *)
+        echo "[setup_env] $python is Python $version; this set-up supports 3.11 (default), 3.12 and 3.13" >&2; exit 2;;
+    esac
+    echo "[setup_env] creating $venv with Python $version"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
 fi
 pip=("$py" -m pip --disable-pip-version-check)
 
 echo "[setup_env] installing torch and the pinned stack (install/requirements.txt)"
 "${pip[@]}" install -q -r "$reqs" 2>&1 | grep -v "is ignored: it is neither" || true
-"$py" -c "import torch, numpy, PIL; assert numpy.__version__ == '1.23.5', numpy.__version__" || {
-    echo "[setup_env] the pinned stack did not install: see the pip output above" >&2; exit 1; }
+"$py" - <<'PY' || { echo "[setup_env] the pinned stack did not install: see the pip output above" >&2; exit 1; }
+import sys, numpy, PIL, torch
+want = "1.23.5" if sys.version_info < (3, 12) else "2.5.2"
+assert numpy.__version__ == want, f"numpy {numpy.__version__}, expected {want}"
+PY
 
-if ! "$py" -c "import detectron2, detectron2.layers" 2>/dev/null; then
+if ! "$py" -c "import detectron2, detectron2.layers, detectron2.export" 2>/dev/null; then
     echo "[setup_env] building detectron2 v0.6 (pb1-detectron2) without its C++ extension"
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
@@ -47,6 +58,20 @@ if ! "$py" -c "import detectron2, detectron2.layers" 2>/dev/null; then
     # 3. Do not install the sdist's top-level `tools` package into site-packages.
     sed -i 's/exclude=("configs", "tests\*")/exclude=("configs", "tests*", "tools", "tools.*")/' \
         "$src/setup.py"
+    # 4. numpy 2 and Pillow 10 (the stack of Python 3.12+) removed names v0.6 uses: the numpy
+    #    aliases of builtins (np.bool, np.int, np.float, np.str), Image.LINEAR (an alias of
+    #    BILINEAR), and np.array(..., copy=False) where a copy is needed. Same meaning, new spelling;
+    #    harmless on the Python 3.11 stack, so applied to every build.
+    find "$src/detectron2" -name '*.py' -print0 | xargs -0 sed -i -E \
+        -e 's/\bnp\.(bool|int|float|str)\b([^_0-9]|$)/\1\2/g' \
+        -e 's/Image\.LINEAR\b/Image.BILINEAR/g' \
+        -e 's/np\.array\(mask, copy=False\)/np.asarray(mask)/'
+    # 5. detectron2.export imports its caffe2 exporter (.api) first, and torch 2 ships no caffe2, so
+    #    the tracing/TorchScript half (and detectron2.utils.analysis, which imports it) fails too:
+    #    import .api only where caffe2 exists, as upstream does since 2022.
+    grep -q "^from .api import \*$" "$src/detectron2/export/__init__.py"
+    sed -i 's/^from .api import \*$/try:\n    import caffe2  # noqa: F401\nexcept ImportError:\n    pass\nelse:\n    from .api import */' \
+        "$src/detectron2/export/__init__.py"
     "${pip[@]}" install -q --no-deps --no-build-isolation "$src"
 fi
 

@@ -28,7 +28,8 @@ def test_val_submission_scored_by_cityscapesscripts_command_line_equals_our_offi
     # cityscapesscripts' main(): it finds each ground-truth image's prediction file under
     # CITYSCAPES_RESULTS itself; only its ground-truth cache and results file are put in tmp_path
     # (by default they go into the installed package and the dataset).
-    script = ("import sys; from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as m; "
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import conftest; conftest.let_cityscapesscripts_run_on_numpy2(); "
+              "from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as m; "
               "m.args.gtInstancesFile, m.args.exportFile = sys.argv[1], sys.argv[2]; sys.argv = sys.argv[:1]; m.main()")
     env = dict(os.environ, CITYSCAPES_DATASET=os.path.join(synthetic_root, "cityscapes"),
                CITYSCAPES_RESULTS=str(tmp_path / "sub" / "results"))

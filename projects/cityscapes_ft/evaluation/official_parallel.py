@@ -12,6 +12,7 @@ of `evaluateImgLists` on the same predictions written as files (tests hold the t
 import contextlib
 import copy
 import io
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -26,7 +27,7 @@ from cityscapesscripts.helpers.labels import id2label as cs_id2label
 from cityscapesscripts.helpers.labels import labels as cs_labels
 from PIL import Image
 
-from ..utils import cpus_per_local_process
+from ..utils import atomic_open, cpus_per_local_process
 
 logger = logging.getLogger(__name__)
 
@@ -196,5 +197,13 @@ def score_matches(matches, export_file):
     with contextlib.redirect_stdout(io.StringIO()):
         ap = cs_eval.evaluateMatches(matches, args)
         averages = cs_eval.computeAverages(ap, args)
-        cs_eval.writeDict2JSON(cs_eval.prepareJSONDataForResults(averages, ap, args), export_file)
+        results = cs_eval.prepareJSONDataForResults(averages, ap, args)
+    # The file cityscapesscripts' writeDict2JSON writes (keys sorted, indent 4, NaN kept), written
+    # atomically and with numpy scalars as numbers: its own writer fails on them with numpy 2.0-2.3.
+    with atomic_open(export_file) as f:
+        f.write(json.dumps(results, default=_plain_json_value, sort_keys=True, indent=4))
     return averages
+
+
+def _plain_json_value(value):
+    return value.item() if isinstance(value, np.generic) else value.__dict__
