@@ -15,6 +15,7 @@ setup(
     packages=["cityscapes_ft"]
     + ["cityscapes_ft." + p for p in find_packages("projects/cityscapes_ft")],
     install_requires=["cityscapesscripts", "pycocotools", "faster-coco-eval", "shapely", "opencv-python-headless"],
+    extras_require={"export": ["onnx", "onnxruntime"]},
     entry_points={
         "console_scripts": [
             "cityscapes-ft-synthetic=cityscapes_ft.data.synthetic:main",

@@ -5,6 +5,7 @@
         --output out/ --confidence-threshold 0.5 MODEL.WEIGHTS output/cs_ft/model_final.pth
     python tools/demo.py --config-file ... --video-input drive.mp4 --output out/drive.mp4 MODEL.WEIGHTS ...
     python tools/demo.py --config-file ... --webcam MODEL.WEIGHTS ...
+    python tools/demo.py --config-file ... --exported out/export --input ... --output out/   (tools/export_model.py's model)
 
 Config overrides come as trailing KEY VALUE pairs or after --opts (detectron2's demo spelling).
 --confidence-threshold sets the model's test score threshold (MODEL.ROI_HEADS.SCORE_THRESH_TEST),
@@ -17,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.errors import user_errors_as_messages
+from cityscapes_ft.export import ExportedInstancePredictor
 from cityscapes_ft.visualization import DemoInputError, VisualizationDemo, expand_inputs
 from cityscapes_ft.visualization.demo import display_available, set_confidence_threshold
 
@@ -32,6 +34,8 @@ def get_parser():
                                            "without it, pictures are shown in a window")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the instances predicted and drawn")
+    parser.add_argument("--exported", metavar="DIR", help="predict with the model tools/export_model.py wrote "
+                        "to DIR (ONNX or TorchScript) instead of MODEL.WEIGHTS")
     parser.add_argument("--opts", dest="flag_opts", nargs=argparse.REMAINDER, default=[],
                         help="KEY VALUE config overrides (as detectron2's demo takes them)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -47,7 +51,8 @@ def main(args):
     if (args.input or args.video_input) and not args.output and not display_available():
         raise DemoInputError("no display to show pictures on: pass --output FOLDER (or FILE) to write them")
     files = expand_inputs(args.input) if args.input else None
-    demo = VisualizationDemo(cfg, args.confidence_threshold)
+    predictor = ExportedInstancePredictor(args.exported) if args.exported else None
+    demo = VisualizationDemo(cfg, args.confidence_threshold, predictor=predictor)
     if files and not args.output:
         demo.show_files(files)
     elif files:

@@ -27,6 +27,10 @@ class WeightsDoNotFit(CityscapesFTError, RuntimeError):
     """Weights loaded strictly (--eval-only, --resume) miss, add or mis-shape tensors."""
 
 
+class ExportNotSupported(CityscapesFTError, RuntimeError):
+    """A config, or a format, that tools/export_model.py cannot export; the message says why."""
+
+
 class OutputNotWritable(CityscapesFTError, OSError):
     """A checkpoint, metrics or result file could not be written (disk full, read-only, ...)."""
 

@@ -75,15 +75,17 @@ def show_in_window(pictures: Iterable[np.ndarray], wait_ms: int = 0):
 
 class VisualizationDemo:
     """Builds the model of `cfg`, loads cfg.MODEL.WEIGHTS, and draws its predictions with
-    detectron2's Visualizer in the Cityscapes colours of the training dataset's metadata."""
+    detectron2's Visualizer in the Cityscapes colours of the training dataset's metadata. Another
+    `predictor` called as DefaultPredictor is (an exported model's) takes the model's place."""
 
-    def __init__(self, cfg, confidence_threshold: float = 0.5):
+    def __init__(self, cfg, confidence_threshold: float = 0.5, predictor=None):
         self.cfg = cfg
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0])
-        model = build_model(cfg)
-        build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
-        model.eval()
-        self.predictor = InstancePredictor(cfg, model)
+        if predictor is None:
+            model = build_model(cfg)
+            build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
+            predictor = InstancePredictor(cfg, model.eval())
+        self.predictor = predictor
         self.confidence_threshold = confidence_threshold
 
     def run_on_image(self, image: np.ndarray):
