@@ -13,32 +13,11 @@ CS_FT_ON_CPU = ("MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TRAI
                 "DATALOADER.NUM_WORKERS", "0", "SOLVER.CLIP_GRADIENTS.ENABLED", "True")
 
 
-def let_cityscapesscripts_run_on_numpy2():
-    """cityscapesscripts 2.3.0 (its latest), the arbiter of the official-metric tests, breaks on
-    numpy 2 in two places: it calls np.in1d, which numpy 2.4 removed (np.isin on the flattened
-    array is numpy's stated replacement), and its writeDict2JSON cannot write the numpy integers
-    its own matching now yields. Both mended here, in the test processes only and only on numpy 2:
-    our evaluation calls neither."""
-    import json
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from cityscapesscripts_on_numpy2 import mend_cityscapesscripts_for_numpy2  # noqa: E402
 
-    import numpy as np
-    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
-
-    if int(np.__version__.split(".")[0]) < 2:
-        return
-    if not hasattr(np, "in1d"):
-        np.in1d = lambda ar1, ar2, assume_unique=False, invert=False: np.isin(
-            np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert)
-
-    def write_dict_to_json(data, file_name):
-        with open(file_name, "w") as f:
-            f.write(json.dumps(data, sort_keys=True, indent=4,
-                               default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__))
-
-    cs_eval.writeDict2JSON = write_dict_to_json
-
-
-let_cityscapesscripts_run_on_numpy2()
+# The official-metric tests use cityscapesscripts itself as the arbiter, on any numpy.
+mend_cityscapesscripts_for_numpy2()
 
 
 def run(args, datasets, timeout=600, expect_ok=True, env=None):

@@ -41,31 +41,39 @@ def test_iteration_configs_run_as_written_at_their_own_batch(path):
         assert tuple(resolved.SOLVER.STEPS) == tuple(cfg.SOLVER.STEPS)
 
 
-def test_cs_ft_is_the_published_recipe():
+def test_cs_ft_is_detectron2s_cityscapes_recipe_from_its_coco_model():
+    """Against detectron2's own files: the input sizes of its Cityscapes config, the model of its
+    COCO R50-FPN 3x config (8 classes instead of 80) and that config's checkpoint as initialisation."""
+    from detectron2 import model_zoo
+
+    from cityscapes_ft.config import load_cityscapes_ft_cfg
+
     cfg = load_config(os.path.join(CONFIGS, "cs_ft.yaml"))
-    assert cfg.MODEL.WEIGHTS == (
-        "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
-    )
-    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
-    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
-    assert cfg.MODEL.RESNETS.DEPTH == 50
-    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(800, 1025, 32))
-    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice"
-    assert (cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (2048, 1024, 2048)
-    assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.BASE_LR == 0.01
-    assert cfg.SOLVER.WARMUP_METHOD == "linear"
-    assert cfg.SOLVER.WARMUP_ITERS == 500 and cfg.SOLVER.WARMUP_FACTOR == 0.001
-    assert cfg.SOLVER.GAMMA == 0.1
-    # MMDetection's "8 epochs" over the training set repeated 8 times, x0.1 after its epoch 7
-    sched = cfg.CITYSCAPES_FT.SCHEDULE
-    assert sched.UNIT == "epochs" and sched.MAX_EPOCHS == 64 and tuple(sched.STEPS_EPOCHS) == (56,)
-    assert sched.REFERENCE_IMS_PER_BATCH == 8
+    d2_cityscapes = load_cityscapes_ft_cfg(model_zoo.get_config_file("Cityscapes/mask_rcnn_R_50_FPN.yaml"), [])
+    for key in ("MIN_SIZE_TRAIN", "MIN_SIZE_TRAIN_SAMPLING", "MAX_SIZE_TRAIN", "MIN_SIZE_TEST", "MAX_SIZE_TEST"):
+        assert cfg.INPUT[key] == d2_cityscapes.INPUT[key], key
+    coco = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+    d2_coco = load_cityscapes_ft_cfg(model_zoo.get_config_file(coco), [])
+    from detectron2.utils.file_io import Detectron2Handler as handler
+
+    assert cfg.MODEL.WEIGHTS.replace(handler.PREFIX, handler.S3_DETECTRON2_PREFIX) == model_zoo.get_checkpoint_url(coco)
+    for key in ("META_ARCHITECTURE", "BACKBONE", "RESNETS", "FPN", "ANCHOR_GENERATOR", "RPN", "ROI_BOX_HEAD",
+                "ROI_MASK_HEAD", "PIXEL_MEAN", "PIXEL_STD"):
+        assert cfg.MODEL[key] == d2_coco.MODEL[key], key
+    assert (cfg.MODEL.ROI_HEADS.NUM_CLASSES, d2_coco.MODEL.ROI_HEADS.NUM_CLASSES) == (8, 80)
+
+
+def test_cs_ft_schedule_is_mmdetections_8_epochs_over_the_8_times_repeated_training_set():
+    """MMDetection's cityscapes Mask R-CNN: RepeatDataset(times=8), 8 epochs, LR x0.1 after epoch
+    7, batch 8 (8 GPUs x 1), LR 0.01, linear warmup of 500 iterations; on gtFine's 2975 images."""
     from cityscapes_ft.schedule import resolve_training_schedule
 
-    resolved, schedule = resolve_training_schedule(cfg, 1, 2975)  # gtFine train size
-    assert resolved.SOLVER.MAX_ITER == 23800 and tuple(resolved.SOLVER.STEPS) == (20825,)
-    assert resolved.SOLVER.BASE_LR == 0.01 and resolved.SOLVER.WARMUP_ITERS == 500
-    assert schedule.iters_per_epoch == 2975 / 8
+    images, repeat, epochs, step_epoch, batch = 2975, 8, 8, 7, 8
+    resolved, _ = resolve_training_schedule(load_config(os.path.join(CONFIGS, "cs_ft.yaml")), 1, images)
+    assert resolved.SOLVER.IMS_PER_BATCH == batch and resolved.SOLVER.BASE_LR == 0.01
+    assert resolved.SOLVER.MAX_ITER == round(epochs * repeat * images / batch)
+    assert tuple(resolved.SOLVER.STEPS) == (round(step_epoch * repeat * images / batch),)
+    assert resolved.SOLVER.WARMUP_ITERS == 500 and resolved.SOLVER.WARMUP_METHOD == "linear"
 
 
 def test_paper_config_is_the_mask_rcnn_papers_4k_fine_tune():

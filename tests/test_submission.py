@@ -28,7 +28,8 @@ def test_val_submission_scored_by_cityscapesscripts_command_line_equals_our_offi
     # cityscapesscripts' main(): it finds each ground-truth image's prediction file under
     # CITYSCAPES_RESULTS itself; only its ground-truth cache and results file are put in tmp_path
     # (by default they go into the installed package and the dataset).
-    script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import conftest; conftest.let_cityscapesscripts_run_on_numpy2(); "
+    script = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tools')!r}); "
+              "from cityscapesscripts_on_numpy2 import mend_cityscapesscripts_for_numpy2 as mend; mend(); "
               "from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as m; "
               "m.args.gtInstancesFile, m.args.exportFile = sys.argv[1], sys.argv[2]; sys.argv = sys.argv[:1]; m.main()")
     env = dict(os.environ, CITYSCAPES_DATASET=os.path.join(synthetic_root, "cityscapes"),

@@ -29,6 +29,7 @@ from cityscapes_ft.data import register_cityscapes_ft_instances
 from cityscapes_ft.data.synthetic import make_synthetic_cityscapes, synthetic_dataset_matches
 from cityscapes_ft.evaluation import CityscapesInstanceSegEvaluator
 from cityscapes_ft.utils import atomic_write_json
+from cityscapesscripts_on_numpy2 import mend_cityscapesscripts_for_numpy2
 
 
 def fake_predictions(instance_ids_file, count, rng):
@@ -69,6 +70,9 @@ def timed(fn):
 
 
 def run(args):
+    if mend_cityscapesscripts_for_numpy2():
+        print("[benchmark] numpy 2: cityscapesscripts, which detectron2's evaluator calls, mended "
+              "(tools/cityscapesscripts_on_numpy2.py)", flush=True)
     root = os.path.join(args.output, "data", "cityscapes")
     spec = dict(num_train=0, num_val=args.num_images, width=args.width, height=args.height, seed=args.seed,
                 detail=args.detail)

@@ -17,9 +17,10 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
 
-from cityscapes_ft.config import load_cityscapes_ft_cfg
+from cityscapes_ft.config import explicit_config_keys, load_cityscapes_ft_cfg
 from cityscapes_ft.data import build_mapper
 from cityscapes_ft.data.synthetic import make_synthetic_cityscapes
+from cityscapes_ft.engine import resolve_config
 from cityscapes_ft.engine.trainer import CityscapesFTTrainer
 from cityscapes_ft.utils import atomic_write_json
 
@@ -81,6 +82,8 @@ def run_variant(name, args, out_dir):
         "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "1",
     ] + [o.format(iters=args.iterations) for o in extra]
     cfg = load_cityscapes_ft_cfg(args.config_file, opts)
+    # as tools/train_net.py resolves it: a recipe's schedule at the batch of this run
+    cfg, _ = resolve_config(cfg, explicit_config_keys(args.config_file, opts))
     clock = StepClock()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -3,6 +3,13 @@
 Each object's mask is what cityscapesscripts' json2instanceImg draws for it: its polygon minus every
 object drawn after it (a later polygon covers earlier ones), so the annotations agree with the
 official ground truth (instanceIds.png) used by the official evaluation.
+
+detectron2 has a loader with the same occlusion idea (`detectron2.data.datasets.cityscapes`), but we
+cannot compose it: upstream's module imports a Meta-internal path since 4823082a and fails on a
+plain install (detectron2 issue 5436), its per-file function is private, and it raises bare
+exceptions on malformed files. What this module adds: one named error per bad file (or skip and
+report), geometry repaired with shapely's make_valid, a parsed-dataset cache shared across
+processes, and parsing in worker processes.
 """
 import contextlib
 import fcntl

@@ -1,0 +1,30 @@
+"""tools/gpu_check.py --dry-run: every step of the GPU check runs on CPU at tiny sizes and lands in
+one gpu_check.json (on the GPU machine the same code runs at full size on CUDA)."""
+import json
+import os
+
+import pytest
+from conftest import run
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_step_into_one_json(tmp_path):
+    out = tmp_path / "gpu_check"
+    run(["tools/gpu_check.py", "--output", str(out), "--dry-run"], datasets=str(tmp_path), timeout=900)
+    result = json.load(open(out / "gpu_check.json"))
+    steps = result["steps"]
+    assert result["dry_run"] is True and result["failed_steps"] == []
+    assert list(steps) == ["environment", "data", "training", "inference", "evaluation", "two_process_step", "done"]
+    assert steps["environment"]["detectron2"].startswith("0.6")
+
+    training = steps["training"]["median_seconds_per_iteration"]
+    assert set(training) == {"ours", "ours_frozen", "detectron2"} and min(training.values()) > 0
+    assert steps["training"]["amp"] == "skipped: AMP needs CUDA"
+    assert {k for k in steps["inference"] if "x" in k} == {"128x64", "256x128"}
+    assert all(steps["inference"][k]["seconds_per_image"] > 0 for k in ("128x64", "256x128"))
+
+    evaluation = steps["evaluation"]["evaluation"]
+    assert evaluation["detectron2_s"] > 0 and evaluation["ours_s"] > 0
+    assert evaluation["official_same_numbers"] and evaluation["ours_AP"] == evaluation["detectron2_AP"]
+    assert steps["two_process_step"]["returncode"] == 0 and steps["two_process_step"]["backend"] == "gloo (CPU)"
+    assert os.path.isfile(out / "two_process_step" / "model_final.pth")
