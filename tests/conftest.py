@@ -20,6 +20,17 @@ from cityscapesscripts_on_numpy2 import mend_cityscapesscripts_for_numpy2  # noq
 mend_cityscapesscripts_for_numpy2()
 
 
+def detectron2_cityscapes_evaluator_works():
+    """Upstream main's Cityscapes loader and evaluator import a Meta-internal module inside their
+    functions since 4823082a (detectron2 #5436); v0.6's import cityscapesscripts."""
+    import inspect
+
+    import detectron2.data.datasets.cityscapes as loader
+    from detectron2.evaluation import cityscapes_evaluation as evaluator
+
+    return not any("deeplearning.projects" in inspect.getsource(m) for m in (loader, evaluator))
+
+
 def run(args, datasets, timeout=600, expect_ok=True, env=None):
     """Run `python args...` in the repository with DETECTRON2_DATASETS=datasets."""
     env = dict(os.environ, DETECTRON2_DATASETS=datasets, OMP_NUM_THREADS="2", **(env or {}))

@@ -18,7 +18,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-from conftest import run
+from conftest import detectron2_cityscapes_evaluator_works, run
 from cityscapes_ft.data import register_cityscapes_ft_instances
 from cityscapes_ft.data.synthetic import make_synthetic_cityscapes
 from cityscapes_ft.evaluation import CityscapesInstanceSegEvaluator
@@ -180,19 +180,8 @@ def test_parallel_and_single_process_agree(dataset, tmp_path):
     assert json.dumps(one["cityscapes"]) == json.dumps(two["cityscapes"])  # NaN-safe, exact
 
 
-def _detectron2_cityscapes_evaluator_works():
-    """Upstream main's Cityscapes loader and evaluator import a Meta-internal module inside their
-    functions since 4823082a (detectron2 #5436); v0.6's import cityscapesscripts."""
-    import inspect
-
-    import detectron2.data.datasets.cityscapes as loader
-    from detectron2.evaluation import cityscapes_evaluation as evaluator
-
-    return not any("deeplearning.projects" in inspect.getsource(m) for m in (loader, evaluator))
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _detectron2_cityscapes_evaluator_works(),
+@pytest.mark.skipif(not detectron2_cityscapes_evaluator_works(),
                     reason="this detectron2's own Cityscapes evaluator cannot be imported (detectron2 #5436)")
 def test_benchmark_compares_with_detectron2_on_the_same_predictions(tmp_path):
     proc = run(["tools/benchmark_evaluation.py", "--num-images", "4", "--width", "256", "--height", "128",

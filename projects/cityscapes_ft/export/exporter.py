@@ -171,6 +171,7 @@ class TimedDetector(torch.nn.Module):
 
     @property
     def seconds_per_image(self) -> Optional[float]:
+        """Mean forward seconds per image so far (None before the first)."""
         return round(self.seconds / self.images, 4) if self.images else None
 
 

@@ -88,6 +88,7 @@ class ExportedMaskRCNN:
 
     @property
     def class_names(self) -> List[str]:
+        """The names of the model's classes, in class-index order."""
         return self.meta["class_names"]
 
     def run_network(self, image_chw: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -123,6 +124,7 @@ def read_image(path: str, input_format: str) -> torch.Tensor:
 
 
 def main(argv=None):
+    """The command line: predictions on image files written to one JSON file."""
     parser = argparse.ArgumentParser(description="Predict with an exported cityscapes-ft model (torch only).")
     parser.add_argument("export_dir")
     parser.add_argument("--input", nargs="+", required=True, help="image files")
