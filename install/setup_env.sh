@@ -11,17 +11,29 @@ reqs="$repo/install/requirements.txt"
 stub="$repo/install/detectron2_C_stub.py"
 source_recipe="$repo/install/detectron2_v06_source.sh"
 
-want="$(cat "$reqs" "$stub" "$source_recipe" "$0" "$repo/setup.py" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$reqs" "$stub" "$source_recipe" "$repo/install/find_python.sh" "$0" "$repo/setup.py" | sha256sum | cut -d' ' -f1)"
+source "$repo/install/find_python.sh"
+if [[ -n "${PYTHON:-}" && -x "$py" ]]; then
+    asked="$(find_python "$PYTHON")" || {
+        echo "[setup_env] PYTHON=$PYTHON does not run (nor does a pyenv version of it)" >&2; exit 2; }
+    asked="$("$asked" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    have="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    if [[ "$asked" != "$have" ]]; then
+        echo "[setup_env] PYTHON=$PYTHON asks for Python $asked, but .venv/ has Python $have: remove .venv/" \
+             "(rm -rf .venv) to make it with the Python asked for" >&2
+        exit 2
+    fi
+fi
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$py" -c "import cityscapes_ft" 2>/dev/null; then
     echo "[setup_env] .venv is up to date"
     exit 0
 fi
 
 if [[ ! -x "$py" ]]; then
-    python="${PYTHON:-python3}"
-    version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || {
-        echo "[setup_env] PYTHON=$python does not run; set PYTHON to a Python 3.11, 3.12 or 3.13 interpreter" \
-             "(with pyenv: PYTHON=\$(pyenv prefix 3.12.1)/bin/python3.12)" >&2; exit 2; }
+    python="$(find_python "${PYTHON:-python3}")" || {
+        echo "[setup_env] PYTHON=${PYTHON:-python3} does not run (nor does a pyenv version of it); set PYTHON" \
+             "to a Python 3.11, 3.12 or 3.13 interpreter" >&2; exit 2; }
+    version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     case "$version" in 3.11|3.12|3.13) ;; *)
         echo "[setup_env] $python is Python $version; this set-up supports 3.11 (default), 3.12 and 3.13" >&2; exit 2;;
     esac

@@ -17,11 +17,9 @@ if (( ${#dry[@]} )); then
     env="$repo/.venv-gpu-image"
     py="$env/bin/python"
     if [[ ! -f "$env/.ready" ]]; then
-        python="${PYTHON:-python3.12}"
-        if ! "$python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
-            python="$(pyenv prefix 3.12 2>/dev/null || pyenv prefix 3.12.1 2>/dev/null)/bin/python3.12" || true
-        fi
-        "$python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null || {
+        source "$repo/install/find_python.sh"
+        python="$(find_python "${PYTHON:-python3.12}")" || python=""
+        [[ -n "$python" ]] && "$python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null || {
             echo "[gpu_check] the dry run needs Python 3.12 (the GPU image's): set PYTHON=/path/to/python3.12" >&2; exit 2; }
         echo "[gpu_check] creating $env: Python 3.12 with the GPU image's packages"
         rm -rf "$env"
