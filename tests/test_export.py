@@ -188,3 +188,13 @@ print(export.TracingAdapter.__module__, analysis.FlopCountAnalysis.__name__)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["detectron2.export.flatten", "FlopCountAnalysis"]
+
+
+def test_export_needs_the_weights_it_exports(tmp_path):
+    """No MODEL.WEIGHTS (a config's default here): refused before anything is built or written."""
+    from cityscapes_ft.errors import WeightsNotAvailable
+    from cityscapes_ft.export import export_model
+
+    with pytest.raises(WeightsNotAvailable, match="MODEL.WEIGHTS is empty"):
+        export_model(load_config(TINY), str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x")

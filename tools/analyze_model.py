@@ -40,9 +40,11 @@ def main(args):
 if __name__ == "__main__":
     parser = argument_parser(epilog=__doc__)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["parameter", "flop"])
-    parser.add_argument("--num-inputs", type=int, default=1, help="images to average the counts over")
+    parser.add_argument("--num-inputs", type=int, default=1, help="images to average the counts over (>= 1)")
     parser.add_argument("--dataset", help="registered dataset whose images are counted on (default: DATASETS.TEST[0])")
     parser.add_argument("--output", help="JSON file for every count (per part and per operator too)")
     args = parser.parse_args()
+    if args.num_inputs < 1:
+        parser.error(f"--num-inputs {args.num_inputs}: expected at least 1 image")
     with user_errors_as_messages():
         main(args)

@@ -30,7 +30,7 @@ from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable
 from ..data import CITYSCAPES_THING_CLASSES
 from ..engine.trainer import CityscapesFTTrainer
-from ..errors import CheckpointUnreadable, ExportNotSupported
+from ..errors import CheckpointUnreadable, ExportNotSupported, WeightsNotAvailable
 from ..utils import atomic_open, atomic_write_json
 from ..weights import load_weights_or_explain
 from . import runtime
@@ -59,6 +59,9 @@ def check_config_exportable(cfg):
 def load_model_for_export(cfg):
     """cfg's model in eval mode with cfg.MODEL.WEIGHTS loaded strictly (a file that does not fit the
     config is refused naming the tensors)."""
+    if not cfg.MODEL.WEIGHTS:
+        raise WeightsNotAvailable("MODEL.WEIGHTS is empty: pass the checkpoint to export or evaluate, "
+                                  "e.g. MODEL.WEIGHTS output/cs_ft/model_final.pth")
     model = CityscapesFTTrainer.build_model(cfg)
     checkpointer = build_checkpointer(cfg, model, strict=True)
     load_weights_or_explain(lambda: checkpointer.load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
