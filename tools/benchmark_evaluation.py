@@ -7,6 +7,7 @@ writes them to <output>/benchmark_evaluation.json.
     python tools/benchmark_evaluation.py [--num-images 500 --width 2048 --height 1024]
 """
 import argparse
+import atexit
 import contextlib
 import io
 import json
@@ -112,6 +113,7 @@ def run(args):
         register_cityscapes_ft_instances(ours_name, "val", root=root)
     MetadataCatalog.get(d2_name).set(thing_classes=list(CITYSCAPES_THING_CLASSES), gt_dir=gt_dir)
     work = tempfile.mkdtemp(prefix="cityscapes_ft_bench_")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # also when a pass fails
     # The predictions, made once and kept as RLE; every pass below decodes them the same way, so
     # each evaluator is timed on the wall clock, its background workers included, minus that decode.
     rng = np.random.default_rng(args.seed)

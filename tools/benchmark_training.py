@@ -8,7 +8,9 @@ also with and without AMP, with peak GPU memory; writes <output>/benchmark_train
         --data-root datasets MODEL.DEVICE cuda MODEL.WEIGHTS ""   # GPU: full resolution, AMP
 """
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -101,6 +103,7 @@ def run(args):
         os.environ["DETECTRON2_DATASETS"] = args.data_root
     else:
         root = tempfile.mkdtemp(prefix="cityscapes_ft_train_bench_")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         make_synthetic_cityscapes(os.path.join(root, "cityscapes"), num_train=args.num_train, num_val=1,
                                   width=args.width, height=args.height, seed=0)
         os.environ["DETECTRON2_DATASETS"] = root

@@ -17,9 +17,11 @@ costs only its own numbers; OUT/gpu_check.json is rewritten after every step):
 the 2-process step runs over gloo).
 """
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,6 +160,7 @@ def main(argv=None):
         raise SystemExit(2)
     device = "cpu" if args.dry_run else "cuda"
     data_root = tempfile.mkdtemp(prefix="gpu_check_data_")
+    atexit.register(shutil.rmtree, data_root, ignore_errors=True)
     sizes = SIZES["data"][mode]
     check.run("data", ["datasets/make_synthetic_cityscapes.py", "--output", os.path.join(data_root, "cityscapes"),
                        "--num-train", str(sizes["num_train"]), "--num-val", "2", "--width", str(sizes["width"]),
