@@ -4,21 +4,12 @@ use it (or detectron2's Cityscapes evaluator, which calls it) as the arbiter of 
 It breaks on numpy 2 in two places: it calls np.in1d, which numpy 2.4 removed (np.isin on the
 flattened array is numpy's stated replacement), and its writeDict2JSON cannot write the numpy
 integers its own matching yields there. `mend_cityscapesscripts_for_numpy2()` mends both in the
-calling process, only on numpy 2; the package never calls it (our evaluation uses neither function).
+calling process, only on numpy 2; the package never calls it (our evaluation never calls np.in1d
+and writes that file with the same write_cityscapes_json).
 """
-import json
-
 import numpy as np
 
-
-def _numpy_scalar_as_number(value):
-    return value.item() if isinstance(value, np.generic) else value.__dict__
-
-
-def _write_dict_to_json(data, file_name):
-    """cityscapesscripts' writeDict2JSON (keys sorted, indent 4), numpy scalars written as numbers."""
-    with open(file_name, "w") as f:
-        f.write(json.dumps(data, default=_numpy_scalar_as_number, sort_keys=True, indent=4))
+from cityscapes_ft.evaluation.official_parallel import write_cityscapes_json
 
 
 def mend_cityscapesscripts_for_numpy2() -> bool:
@@ -30,5 +21,5 @@ def mend_cityscapesscripts_for_numpy2() -> bool:
     if not hasattr(np, "in1d"):
         np.in1d = lambda ar1, ar2, assume_unique=False, invert=False: np.isin(
             np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert)
-    cs_eval.writeDict2JSON = _write_dict_to_json
+    cs_eval.writeDict2JSON = write_cityscapes_json
     return True

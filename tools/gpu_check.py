@@ -84,8 +84,9 @@ class Check:
         os.replace(tmp, self.path)
         print(f"[gpu_check] {step}: {json.dumps(value)[:400]}", flush=True)
 
-    def run(self, step: str, args, share: float, env=None, json_file=None):
-        """Runs `python args...` with `share` of the time left; records its JSON (or why none)."""
+    def run(self, step: str, args, share: float, env=None, json_file=None, extra=None):
+        """Runs `python args...` with `share` of the time left; records its JSON (or why none) and
+        `extra` (what the step was run as)."""
         timeout = max(30.0, self.seconds_left() * share)
         started = time.monotonic()
         log = os.path.join(self.output, f"{step}.log")
@@ -102,8 +103,7 @@ class Check:
                     value["log_tail"] = f.read()[-1500:]
         except subprocess.TimeoutExpired:
             value = {"timed_out_after_seconds": round(timeout)}
-        value["seconds"] = round(time.monotonic() - started, 1)
-        value["log"] = os.path.basename(log)
+        value.update(extra or {}, seconds=round(time.monotonic() - started, 1), log=os.path.basename(log))
         self.record(step, value)
         return value
 
@@ -169,15 +169,12 @@ def main(argv=None):
     training = SIZES["training"][mode]
     variants = "ours,ours_frozen,detectron2" + ("" if args.dry_run else ",ours_amp,detectron2_amp")
     out = os.path.join(args.output, "training")
-    value = check.run("training", ["tools/benchmark_training.py", "--config-file", CS_FT, "--variants", variants,
-                                   "--iterations", str(training["iterations"]), "--warmup", str(training["warmup"]),
-                                   "--repeats", "1", "--data-root", data_root, "--output", out,
-                                   "MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2"]
-                                  + training["opts"],
-                      share=0.4, json_file=os.path.join(out, "benchmark_training.json"))
-    if args.dry_run:
-        value["amp"] = "skipped: AMP needs CUDA"
-        check.record("training", value)
+    check.run("training", ["tools/benchmark_training.py", "--config-file", CS_FT, "--variants", variants,
+                           "--iterations", str(training["iterations"]), "--warmup", str(training["warmup"]),
+                           "--repeats", "1", "--data-root", data_root, "--output", out,
+                           "MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2"]
+              + training["opts"], share=0.4, json_file=os.path.join(out, "benchmark_training.json"),
+              extra={"amp": "skipped: AMP needs CUDA"} if args.dry_run else None)
 
     check.run("inference", ["tools/gpu_check.py", "--output", args.output, "--step", "inference"]
               + (["--dry-run"] if args.dry_run else []), share=0.2, json_file=os.path.join(args.output, "inference.json"))
@@ -193,11 +190,9 @@ def main(argv=None):
         opts = ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2",
                 "SOLVER.REFERENCE_WORLD_SIZE", "0", "CITYSCAPES_FT.SCHEDULE.UNIT", "iterations", "TEST.EVAL_PERIOD", "0",
                 "OUTPUT_DIR", os.path.join(args.output, "two_process_step")] + training["opts"]
-        value = check.run("two_process_step", ["tools/train_net.py", "--config-file", CS_FT, "--num-gpus", "2",
-                                               "--dist-url", "auto"] + opts, share=1.0,
-                          env={"DETECTRON2_DATASETS": data_root})
-        value["backend"] = "gloo (CPU)" if args.dry_run else "nccl"
-        check.record("two_process_step", value)
+        check.run("two_process_step", ["tools/train_net.py", "--config-file", CS_FT, "--num-gpus", "2",
+                                       "--dist-url", "auto"] + opts, share=1.0, env={"DETECTRON2_DATASETS": data_root},
+                  extra={"backend": "gloo (CPU)" if args.dry_run else "nccl"})
     else:
         check.record("two_process_step", {"skipped": f"{env['gpus']} GPU on this machine; it needs 2"})
     failed = [s for s, v in check.result["steps"].items() if v.get("returncode") not in (None, 0) or "timed_out_after_seconds" in v]

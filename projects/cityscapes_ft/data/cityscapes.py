@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 # The 8 classes of the Cityscapes instance-level benchmark (hasInstances and not ignoreInEval), in
 # label-id order, which is the order detectron2 and the official scripts use.
+CITYSCAPES_FRAME = (1024, 2048)  # height, width of every Cityscapes image
 CITYSCAPES_THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
 CITYSCAPES_THING_LABEL_IDS = [name2label[n].id for n in CITYSCAPES_THING_CLASSES]
 CITYSCAPES_THING_COLORS = [list(name2label[n].color) for n in CITYSCAPES_THING_CLASSES]

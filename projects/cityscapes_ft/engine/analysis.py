@@ -12,7 +12,7 @@ from fvcore.nn import ActivationCountAnalysis, flop_count_table, parameter_count
 
 from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable
-from ..data import CityscapesDataError
+from ..data import CITYSCAPES_FRAME, CityscapesDataError
 from ..detectron2_export import import_detectron2_analysis, import_detectron2_export
 from ..errors import WeightsNotAvailable
 from ..weights import load_weights_or_explain
@@ -20,7 +20,6 @@ from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger(__name__)
 TASKS = ("parameter", "flop", "activation", "structure")
-CITYSCAPES_FRAME = (1024, 2048)  # height, width of every Cityscapes image
 PART_DEPTH = 2  # backbone.bottom_up, roi_heads.mask_head, ...
 
 
@@ -83,40 +82,43 @@ def count_parameters(model) -> Dict:
             "by_part": {name: n for name, n in counts.items() if name and name.count(".") < PART_DEPTH}}
 
 
+def _per_image(analyses: Sequence, scale: float) -> Dict:
+    """fvcore counts of one analysis per input image, in units of `scale`: the mean total, its
+    spread, and the mean per part and per operator (largest first)."""
+    totals, by_part, by_operator = [], Counter(), Counter()
+    for analysis in analyses:
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        totals.append(analysis.total() / scale)
+        by_part.update(_parts(analysis.by_module(), scale))
+        by_operator.update({op: v / scale for op, v in analysis.by_operator().items()})
+    n = len(totals)
+    return {"per_image": round(float(np.mean(totals)), 3), "std": round(float(np.std(totals)), 3),
+            "by_part": {k: round(v / n, 3) for k, v in by_part.items()},
+            "by_operator": {k: round(v / n, 3) for k, v in by_operator.most_common()}}
+
+
 def count_flops(model, inputs: Sequence[Dict]) -> Tuple[Dict, str]:
     """GFLOPs per image (mean and spread over the inputs), per part and per operator (detectron2's
     FlopCountAnalysis: one multiply-add is one flop); and fvcore's table of the last input."""
-    analysis_module = import_detectron2_analysis()
-    totals, by_part, by_operator, table = [], Counter(), Counter(), ""
-    for inputs_one in inputs:
-        flops = analysis_module.FlopCountAnalysis(model, [inputs_one])
-        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        totals.append(flops.total() / 1e9)
-        by_part.update(_parts(flops.by_module(), 1e9))
-        by_operator.update({op: v / 1e9 for op, v in flops.by_operator().items()})
-        table = flop_count_table(flops, max_depth=3)
-    n = len(inputs)
-    return {"gflops_per_image": round(float(np.mean(totals)), 3), "gflops_std": round(float(np.std(totals)), 3),
-            "by_part_gflops": {k: round(v / n, 3) for k, v in by_part.items()},
-            "by_operator_gflops": {k: round(v / n, 3) for k, v in by_operator.most_common()}}, table
+    flop_count_analysis = import_detectron2_analysis().FlopCountAnalysis
+    analyses = [flop_count_analysis(model, [inputs_one]) for inputs_one in inputs]
+    counts = _per_image(analyses, 1e9)
+    return {"gflops_per_image": counts["per_image"], "gflops_std": counts["std"],
+            "by_part_gflops": counts["by_part"], "by_operator_gflops": counts["by_operator"]}, \
+        flop_count_table(analyses[-1], max_depth=3)
 
 
 def count_activations(model, inputs: Sequence[Dict]) -> Dict:
     """Millions of activations (output elements of the counted operators) per image, per part and
     per operator: fvcore's ActivationCountAnalysis through detectron2's TracingAdapter."""
     tracing_adapter = import_detectron2_export().TracingAdapter
-    totals, by_part, by_operator = [], Counter(), Counter()
+    analyses = []
     for inputs_one in inputs:
         adapter = tracing_adapter(model, [{"image": inputs_one["image"]}], allow_non_tensor=True)
-        activations = ActivationCountAnalysis(adapter, adapter.flattened_inputs)
-        activations.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        totals.append(activations.total() / 1e6)
-        by_part.update(_parts(activations.by_module(), 1e6))
-        by_operator.update({op: v / 1e6 for op, v in activations.by_operator().items()})
-    n = len(inputs)
-    return {"mactivations_per_image": round(float(np.mean(totals)), 3),
-            "by_part_mactivations": {k: round(v / n, 3) for k, v in by_part.items()},
-            "by_operator_mactivations": {k: round(v / n, 3) for k, v in by_operator.most_common()}}
+        analyses.append(ActivationCountAnalysis(adapter, adapter.flattened_inputs))
+    counts = _per_image(analyses, 1e6)
+    return {"mactivations_per_image": counts["per_image"], "by_part_mactivations": counts["by_part"],
+            "by_operator_mactivations": counts["by_operator"]}
 
 
 def analyze_model(cfg, tasks: Sequence[str], num_inputs: int = 1, dataset: str = None) -> Dict:

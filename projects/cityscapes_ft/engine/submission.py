@@ -3,11 +3,9 @@ import logging
 
 from detectron2.evaluation import inference_on_dataset
 
-from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable
 from ..evaluation.submission import CityscapesSubmissionWriter
-from ..weights import load_weights_or_explain
-from .trainer import CityscapesFTTrainer
+from .trainer import CityscapesFTTrainer, build_trained_model
 
 logger = logging.getLogger(__name__)
 
@@ -18,10 +16,7 @@ def make_submission(cfg, split: str, output_dir: str):
     folder and zip under output_dir. Returns the summary on the main process."""
     check_config_runnable(cfg)
     dataset = f"cityscapes_ft_instance_{split}"
-    model = CityscapesFTTrainer.build_model(cfg)
-    checkpointer = build_checkpointer(cfg, model, strict=True)
-    load_weights_or_explain(lambda: checkpointer.load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = build_trained_model(cfg)
     writer = CityscapesSubmissionWriter(dataset, output_dir)
     results = inference_on_dataset(model, CityscapesFTTrainer.build_test_loader(cfg, dataset), writer)
     return results.get("submission") if results else None

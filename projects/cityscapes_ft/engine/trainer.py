@@ -28,6 +28,7 @@ from ..errors import CheckpointUnreadable, TrainingDiverged
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
+from ..weights import load_weights_or_explain
 from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer
@@ -425,3 +426,12 @@ class CityscapesFTTrainer(DefaultTrainer):
         if len(results) == 1:
             results = list(results.values())[0]
         return results
+
+
+def build_trained_model(cfg):
+    """cfg's model in eval mode with cfg.MODEL.WEIGHTS loaded exactly: a file that does not fit the
+    config is refused naming the tensors (tools/make_submission.py, tools/export_model.py)."""
+    model = CityscapesFTTrainer.build_model(cfg)
+    checkpointer = build_checkpointer(cfg, model, strict=True)
+    load_weights_or_explain(lambda: checkpointer.load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
+    return model.eval()

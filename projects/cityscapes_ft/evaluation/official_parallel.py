@@ -198,11 +198,16 @@ def score_matches(matches, export_file):
         ap = cs_eval.evaluateMatches(matches, args)
         averages = cs_eval.computeAverages(ap, args)
         results = cs_eval.prepareJSONDataForResults(averages, ap, args)
-    # The file cityscapesscripts' writeDict2JSON writes (keys sorted, indent 4, NaN kept), written
-    # atomically and with numpy scalars as numbers: its own writer fails on them with numpy 2.0-2.3.
-    with atomic_open(export_file) as f:
-        f.write(json.dumps(results, default=_plain_json_value, sort_keys=True, indent=4))
+    write_cityscapes_json(results, export_file)
     return averages
+
+
+def write_cityscapes_json(data, path):
+    """The file cityscapesscripts' writeDict2JSON writes (keys sorted, indent 4, NaN kept, objects as
+    their __dict__), written atomically and with numpy scalars as numbers: its own writer fails on
+    them with numpy 2."""
+    with atomic_open(path) as f:
+        f.write(json.dumps(data, default=_plain_json_value, sort_keys=True, indent=4))
 
 
 def _plain_json_value(value):

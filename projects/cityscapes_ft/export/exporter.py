@@ -13,7 +13,6 @@ two around the graph, with torch only.
 """
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -26,22 +25,19 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from ..checkpoint import build_checkpointer
 from ..checks import check_config_runnable
-from ..data import CITYSCAPES_THING_CLASSES
-from ..engine.trainer import CityscapesFTTrainer
-from ..errors import CheckpointUnreadable, ExportNotSupported, WeightsNotAvailable
-from ..utils import atomic_open, atomic_write_json
-from ..weights import load_weights_or_explain
-from . import runtime
+from ..data import CITYSCAPES_FRAME, CITYSCAPES_THING_CLASSES
 from ..detectron2_export import import_detectron2_export
+from ..engine.trainer import CityscapesFTTrainer, build_trained_model
+from ..errors import CheckpointUnreadable, ExportNotSupported, WeightsNotAvailable
+from ..utils import atomic_write_json
+from . import runtime
 
 logger = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "torch_export")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts", "torch_export": "model.pt2"}
 ONNX_OPSET = 17
 RUNTIME_FILE = "cityscapes_ft_runtime.py"
-CITYSCAPES_FRAME = (1024, 2048)
 
 
 def check_config_exportable(cfg):
@@ -62,10 +58,7 @@ def load_model_for_export(cfg):
     if not cfg.MODEL.WEIGHTS:
         raise WeightsNotAvailable("MODEL.WEIGHTS is empty: pass the checkpoint to export or evaluate, "
                                   "e.g. MODEL.WEIGHTS output/cs_ft/model_final.pth")
-    model = CityscapesFTTrainer.build_model(cfg)
-    checkpointer = build_checkpointer(cfg, model, strict=True)
-    load_weights_or_explain(lambda: checkpointer.load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
-    return model.eval()
+    return build_trained_model(cfg)
 
 
 def _network_outputs(model, image):
@@ -134,8 +127,7 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> Dict:
         "export_seconds": round(time.perf_counter() - started, 2),
         "not_carried": "the test-time resize and mask pasting (cityscapes_ft_runtime.py does them), TTA",
     }
-    with atomic_open(os.path.join(output_dir, runtime.META_FILE)) as f:
-        f.write(json.dumps(meta, indent=2))
+    atomic_write_json(os.path.join(output_dir, runtime.META_FILE), meta)  # the runner reads it for the check
     shutil.copyfile(runtime.__file__, os.path.join(output_dir, RUNTIME_FILE))
     meta["check"] = compare_on_image(model, runtime.ExportedMaskRCNN(output_dir), image)
     atomic_write_json(os.path.join(output_dir, runtime.META_FILE), meta)
@@ -206,7 +198,6 @@ class ExportedDetector(torch.nn.Module):
 def evaluate_export(cfg, output_dir: str, dataset: str) -> Dict:
     """Official and COCO AP and CPU latency of the original model and of the export in output_dir
     on `dataset`, one after the other in this process; written to output_dir/export_eval.json."""
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     exported = runtime.ExportedMaskRCNN(output_dir, num_threads=torch.get_num_threads())
     detectors = {"original": TimedDetector(load_model_for_export(cfg)),
                  "exported": TimedDetector(ExportedDetector(exported))}
