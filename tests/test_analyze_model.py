@@ -69,8 +69,9 @@ def test_cli_on_cs_ft_yaml_counts_everything(synthetic_root, tmp_path):
     """`tools/analyze_model.py --config-file configs/cs_ft.yaml --tasks parameter flop activation`
     (COCO weights unreachable here: said once, counted with the model as initialised)."""
     out = tmp_path / "analysis.json"
-    proc = run(["tools/analyze_model.py", "--config-file", os.path.join(CONFIGS, "cs_ft.yaml"), "--tasks",
-                "parameter", "flop", "activation", "--output", str(out), "MODEL.DEVICE", "cpu",
+    # the overrides right after the task names, as with detectron2's tools
+    proc = run(["tools/analyze_model.py", "--config-file", os.path.join(CONFIGS, "cs_ft.yaml"), "--output", str(out),
+                "--tasks", "parameter", "flop", "activation", "MODEL.DEVICE", "cpu",
                 "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "512"], synthetic_root)
     report = json.load(open(out))
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])

@@ -39,11 +39,17 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argument_parser(epilog=__doc__)
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["parameter", "flop"])
+    parser.add_argument("--tasks", nargs="+", default=["parameter", "flop"], metavar="TASK",
+                        help=f"some of {', '.join(TASKS)}")
     parser.add_argument("--num-inputs", type=int, default=1, help="images to average the counts over (>= 1)")
     parser.add_argument("--dataset", help="registered dataset whose images are counted on (default: DATASETS.TEST[0])")
     parser.add_argument("--output", help="JSON file for every count (per part and per operator too)")
     args = parser.parse_args()
+    # `--tasks flop MODEL.DEVICE cpu`: the KEY VALUE pairs after the task names are overrides
+    tasks = args.tasks[:next((i for i, t in enumerate(args.tasks) if t not in TASKS), len(args.tasks))]
+    args.tasks, args.opts = tasks, args.tasks[len(tasks):] + args.opts
+    if not args.tasks or (args.opts and args.opts[0] in TASKS):
+        parser.error(f"--tasks: expected some of {', '.join(TASKS)} (then KEY VALUE overrides)")
     if args.num_inputs < 1:
         parser.error(f"--num-inputs {args.num_inputs}: expected at least 1 image")
     with user_errors_as_messages():
