@@ -81,7 +81,11 @@ def test_cli_on_cs_ft_yaml_counts_everything(synthetic_root, tmp_path):
     assert report["inputs"] == "1 images of cityscapes_ft_instance_val" and report["input_sizes"] == [[256, 512]]
     flops = report["flops"]
     assert flops["gflops_per_image"] == summary["gflops_per_image"] > 0
-    assert flops["by_part_gflops"]["backbone"] > flops["by_part_gflops"]["roi_heads.box_head"] > 0
+    # with weights as initialised, how many proposals reach the box head varies (none, some): the
+    # backbone and the RPN run in full whatever the weights; the box head's count is checked exactly
+    # in test_box_head_flops_are_its_matrix_products
+    assert flops["by_part_gflops"]["backbone"] > flops["by_part_gflops"]["proposal_generator"] > 0
+    assert flops["by_part_gflops"]["roi_heads.box_head"] >= 0
     assert "conv" in flops["by_operator_gflops"]
     assert report["activations"]["mactivations_per_image"] > 0
     assert "counting with the model as initialised" in proc.stderr + proc.stdout
