@@ -68,3 +68,15 @@ def test_test_split_needs_only_images_and_is_packed_for_upload(trained, syntheti
     assert {f"results/{os.path.basename(t)}" for t in texts} <= names
     assert sum(n.endswith(".png") for n in names) == summary["mask_files"] == len(lines)
     assert '"archive_mb"' in proc.stdout
+
+
+def test_submission_without_weights_is_refused_before_any_work(tmp_path):
+    """An empty MODEL.WEIGHTS would submit an untrained model: one named error, nothing written."""
+    from conftest import load_config
+
+    from cityscapes_ft.engine.submission import make_submission as make
+    from cityscapes_ft.errors import WeightsNotAvailable
+
+    with pytest.raises(WeightsNotAvailable, match="MODEL.WEIGHTS is empty"):
+        make(load_config(TINY), "val", str(tmp_path / "sub"))
+    assert not os.path.exists(tmp_path / "sub")

@@ -24,7 +24,7 @@ from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
 from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
 from ..data import build_mapper, log_training_set, training_dataset_dicts, training_repeat_factors
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
-from ..errors import CheckpointUnreadable, TrainingDiverged
+from ..errors import CheckpointUnreadable, TrainingDiverged, WeightsNotAvailable
 from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
@@ -430,7 +430,11 @@ class CityscapesFTTrainer(DefaultTrainer):
 
 def build_trained_model(cfg):
     """cfg's model in eval mode with cfg.MODEL.WEIGHTS loaded exactly: a file that does not fit the
-    config is refused naming the tensors (tools/make_submission.py, tools/export_model.py)."""
+    config is refused naming the tensors (tools/make_submission.py, tools/export_model.py); no
+    MODEL.WEIGHTS at all is refused too (the model would be untrained)."""
+    if not cfg.MODEL.WEIGHTS:
+        raise WeightsNotAvailable("MODEL.WEIGHTS is empty: pass the trained checkpoint, "
+                                  "e.g. MODEL.WEIGHTS output/cs_ft/model_final.pth")
     model = CityscapesFTTrainer.build_model(cfg)
     checkpointer = build_checkpointer(cfg, model, strict=True)
     load_weights_or_explain(lambda: checkpointer.load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)

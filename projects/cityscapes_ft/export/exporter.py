@@ -29,7 +29,7 @@ from ..checks import check_config_runnable
 from ..data import CITYSCAPES_FRAME, CITYSCAPES_THING_CLASSES
 from ..detectron2_export import import_detectron2_export
 from ..engine.trainer import CityscapesFTTrainer, build_trained_model
-from ..errors import CheckpointUnreadable, ExportNotSupported, WeightsNotAvailable
+from ..errors import CheckpointUnreadable, ExportNotSupported
 from ..utils import atomic_write_json
 from . import runtime
 
@@ -55,9 +55,6 @@ def check_config_exportable(cfg):
 def load_model_for_export(cfg):
     """cfg's model in eval mode with cfg.MODEL.WEIGHTS loaded strictly (a file that does not fit the
     config is refused naming the tensors)."""
-    if not cfg.MODEL.WEIGHTS:
-        raise WeightsNotAvailable("MODEL.WEIGHTS is empty: pass the checkpoint to export or evaluate, "
-                                  "e.g. MODEL.WEIGHTS output/cs_ft/model_final.pth")
     return build_trained_model(cfg)
 
 
