@@ -51,6 +51,11 @@ want = "1.23.5" if sys.version_info < (3, 12) else "2.5.2"
 assert numpy.__version__ == want, f"numpy {numpy.__version__}, expected {want}"
 PY
 
+# pip cannot say --no-deps for one line of a requirements file: tidecv declares opencv-python (not
+# headless) and imagecorruptions opencv-python too; both only need cv2, which the headless build
+# gives. Their other dependencies are pinned in requirements.txt.
+"${pip[@]}" install -q --no-deps tidecv==1.0.1 imagecorruptions==1.1.2
+
 if ! "$py" -c "import detectron2, detectron2.layers, detectron2.export" 2>/dev/null; then
     echo "[setup_env] building detectron2 v0.6 (pb1-detectron2) without its C++ extension"
     work="$(mktemp -d)"

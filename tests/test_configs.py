@@ -117,3 +117,14 @@ def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
         load_config(str(bad))
     assert "CITYSCAPES_FT.EVAL_TASK" in str(e.value) and str(bad) in str(e.value)
     assert "CITYSCAPES_FT.EVAL_TASKS" in str(e.value)
+
+
+def test_a_lazyconfig_file_given_to_train_net_is_one_clear_message(tmp_path):
+    from cityscapes_ft.config import load_cityscapes_ft_cfg
+    from cityscapes_ft.errors import ConfigNotRunnable
+    from detectron2 import model_zoo
+
+    lazy = model_zoo.get_config_file("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
+    with pytest.raises(ConfigNotRunnable, match="LazyConfig") as e:
+        load_cityscapes_ft_cfg(lazy, ())
+    assert lazy in str(e.value)

@@ -184,22 +184,40 @@ def test_parallel_and_single_process_agree(dataset, tmp_path):
 @pytest.mark.skipif(not detectron2_cityscapes_evaluator_works(),
                     reason="this detectron2's own Cityscapes evaluator cannot be imported (detectron2 #5436)")
 def test_benchmark_compares_with_detectron2_on_the_same_predictions(tmp_path):
+    """tools/benchmark_evaluation.py: detectron2's evaluators and ours give the same numbers in the
+    file it writes, and its times are times: all of them together fit in the wall-clock time the
+    test measured around the run, and detectron2's dataset load it reports is within a factor of 5
+    of the same load timed here. (Its speedups and ratios are quotients of these times; recomputing
+    them from the same file would check nothing, so it is not done.)"""
+    import time
+
+    from detectron2.data.datasets.cityscapes import load_cityscapes_instances
+
+    start = time.perf_counter()
     proc = run(["tools/benchmark_evaluation.py", "--num-images", "4", "--width", "256", "--height", "128",
                 "--detail", "3", "--instances-per-image", "8", "--mapper-images", "2",
                 "--output", str(tmp_path)], datasets=str(tmp_path))
+    wall = time.perf_counter() - start
     saved = json.load(open(tmp_path / "benchmark_evaluation.json"))
     ev = saved["evaluation"]
     assert ev["official_same_numbers"] is True and ev["ours_AP"] == ev["detectron2_AP"]
     # detectron2's COCOEvaluator and ours, side by side in the file: the same numbers
     for task in ("bbox", "segm"):
         assert_same_numbers(ev["ours_coco"][task], ev["detectron2_coco"][task])
-    assert ev["speedup"] == pytest.approx(ev["detectron2_s"] / ev["ours_s"])
-    assert saved["reload"]["reload_speedup"] == pytest.approx(
-        saved["reload"]["detectron2_s"] / saved["reload"]["ours_reload_s"])
-    loader = saved["data_loader"]
-    assert loader["images"] == 2 and loader["ratio"] == pytest.approx(
-        loader["ours_images_per_s"] / loader["detectron2_images_per_s"])
-    assert saved["images"] == 4
+    reload, loader = saved["reload"], saved["data_loader"]
+    assert saved["images"] == 4 and loader["images"] == 2
+    times = [reload["detectron2_s"], reload["ours_first_load_s"], reload["ours_reload_s"], ev["detectron2_s"],
+             ev["ours_s"], ev["decode_s_subtracted"], loader["images"] / loader["detectron2_images_per_s"],
+             loader["images"] / loader["ours_images_per_s"]]
+    assert all(t > 0 for t in times) and sum(times) < wall, (times, wall)
+    root = tmp_path / "data" / "cityscapes"
+    timed = []
+    for _ in range(2):
+        t = time.perf_counter()
+        load_cityscapes_instances(str(root / "leftImg8bit" / "val"), str(root / "gtFine" / "val"),
+                                  from_json=True, to_polygons=True)
+        timed.append(time.perf_counter() - t)
+    assert min(timed) / 5 < reload["detectron2_s"] < 5 * min(timed), (reload["detectron2_s"], timed)
     assert f"{ev['speedup']:.2f}x" in proc.stdout
 
 

@@ -90,18 +90,29 @@ def test_vertical_flip_is_refused():
         build_mapper(demo_cfg("INPUT.RANDOM_FLIP", "vertical"), is_train=True)
 
 
-def test_crop_follows_detectron2_and_boxes_are_the_cropped_masks(cityscapes_env):
-    """INPUT.CROP works as detectron2's DatasetMapper does it (a crop of the original image, then
-    the resize); every box is the extent of what is left of its mask."""
+def test_crop_is_detectron2s_dataset_mapper_and_boxes_are_the_cropped_masks(cityscapes_env):
+    """With INPUT.CROP, our mapper gives what detectron2's own DatasetMapper gives from the same
+    config and the same random state (its crop of the original image, then the resize and flip):
+    the same image tensor, classes, bitmasks and boxes, for 10 draws. Every box is the extent of
+    what is left of its mask, and some crops leave objects out."""
+    from detectron2.data import DatasetMapper
+
     cfg = demo_cfg("INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "(64, 96)",
                    "INPUT.MASK_FORMAT", "bitmask", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "1000")
-    mapper = build_mapper(cfg, is_train=True)
+    ours, reference = build_mapper(cfg, is_train=True), DatasetMapper(cfg, is_train=True)
     d = max(DatasetCatalog.get("cityscapes_ft_instance_train"), key=lambda d: len(d["annotations"]))
     kept = []
-    for _ in range(10):
-        out = mapper(d)
+    for seed in range(10):
+        np.random.seed(seed)
+        out = ours(d)
+        np.random.seed(seed)
+        expected = reference(d)
+        assert torch.equal(out["image"], expected["image"])
         assert tuple(out["image"].shape[1:]) == (128, 192)  # 64x96 crop, short side resized to 128
-        inst = out["instances"]
+        inst, ref = out["instances"], expected["instances"]
+        assert torch.equal(inst.gt_classes, ref.gt_classes)
+        assert torch.equal(inst.gt_masks.tensor, ref.gt_masks.tensor)
+        assert torch.equal(inst.gt_boxes.tensor, ref.gt_boxes.tensor)
         kept.append(len(inst))
         for box, mask in zip(inst.gt_boxes.tensor.numpy(), inst.gt_masks.tensor.numpy()):
             ys, xs = np.nonzero(mask)

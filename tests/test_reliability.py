@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY, load_config, train_net
+from conftest import REPO, TINY, load_config, resume_point, stop_when, train_net, training_starts
 from detectron2.modeling import build_model
 
 from cityscapes_ft.utils import read_metrics
@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow  # every test here trains or starts processes
 SHORT = ("TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "7")
 
 
-def start_train_net(out, *opts, datasets, umask=None, fsize=None):
-    """tools/train_net.py on the tiny config as a background process."""
+def start_train_net(out, *opts, datasets, umask=None, fsize=None, output=subprocess.PIPE):
+    """tools/train_net.py on the tiny config as a background process, its stdout and stderr to
+    `output` (a file for one that runs on while the test waits: a full pipe would block it)."""
     def limits():
         if umask is not None:
             os.umask(umask)
@@ -35,7 +36,7 @@ def start_train_net(out, *opts, datasets, umask=None, fsize=None):
     return subprocess.Popen(
         [sys.executable, os.path.join("tools", "train_net.py"), "--config-file", TINY, *opts,
          "OUTPUT_DIR", str(out)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limits,
+        cwd=REPO, env=env, stdout=output, stderr=output, text=True, preexec_fn=limits,
     )
 
 
@@ -60,9 +61,11 @@ def weights(path):
 def test_a_second_run_into_a_held_output_dir_is_refused_and_a_dead_holders_lock_is_taken_over(
         synthetic_root, tmp_path):
     lock = tmp_path / ".cityscapes_ft_run.lock"
-    first = start_train_net(tmp_path, "SOLVER.MAX_ITER", "500", *SHORT, datasets=synthetic_root)
+    first = start_train_net(tmp_path, "SOLVER.MAX_ITER", "500", *SHORT, datasets=synthetic_root,
+                            output=subprocess.DEVNULL)
     try:
-        wait_for(lambda: lock.exists() and lock.read_text().strip(), first)
+        # held, and stopped (alive) once it has tagged a checkpoint (the tiny config saves every 2)
+        stop_when(first, lambda: (tmp_path / "last_checkpoint").exists())
         holder = json.loads(lock.read_text())
         second = train_net("SOLVER.MAX_ITER", "2", *SHORT, "OUTPUT_DIR", str(tmp_path),
                            datasets=synthetic_root, expect_ok=False)
@@ -71,11 +74,15 @@ def test_a_second_run_into_a_held_output_dir_is_refused_and_a_dead_holders_lock_
         assert f"in use by process {first.pid} on host {holder['host']}" in line
     finally:
         first.kill()
-        first.communicate()
-    # killed with its lock record in place: the next run takes the folder over, with a warning
-    third = train_net("--resume", "SOLVER.MAX_ITER", "2", *SHORT, "OUTPUT_DIR", str(tmp_path),
-                      datasets=synthetic_root)
+        first.wait()
+    # killed with its lock record in place: the next run takes the folder over, with a warning,
+    # and continues after the checkpoint the killed one tagged
+    restart = resume_point(tmp_path)
+    assert restart >= 2
+    third = train_net("--resume", "SOLVER.MAX_ITER", str(restart + 1), *SHORT,
+                      "OUTPUT_DIR", str(tmp_path), datasets=synthetic_root)
     assert f"from process {first.pid}" in third.stdout + third.stderr
+    assert training_starts(tmp_path) == [0, restart]
     assert lock.read_text() == ""  # released at the end
 
 
@@ -94,7 +101,7 @@ def finished_run(synthetic_root, tmp_path_factory):
 
 
 def test_files_are_created_with_the_users_umask(finished_run):
-    for name in ("model_final.pth", "last_checkpoint", "metrics.json", "config.yaml", "schedule.json",
+    for name in ("model_final.pth", "last_checkpoint", "metrics.json", "config.yaml",
                  "report.html", "eval_results/cityscapes_ft_instance_val_iter0000004.json",
                  "inference/cityscapes_ft_instance_val/instances_predictions.json"):
         assert stat.S_IMODE(os.stat(finished_run / name).st_mode) == 0o644, name
@@ -130,6 +137,7 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(finished_run, synthetic_r
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert "do not fit this model" in line and "roi_heads.box_predictor.cls_score.weight" in line
+    assert training_starts(out) == []
 
 
 # --- checkpoint read and write failures: one line, and survived ------------------------------------
@@ -152,6 +160,7 @@ def test_resume_skips_a_truncated_checkpoint_and_continues_from_the_newest_that_
     log = proc.stdout + proc.stderr
     assert f"skipping {out / 'model_0000002.pth'}" in log
     assert f"--resume continues from {out / 'model_0000001.pth'}" in log
+    assert training_starts(out) == [2]
     assert [r["iteration"] for r in read_metrics(out / "metrics.json") if "lr" in r] == [2, 3]
     for k, v in weights(out / "model_final.pth").items():  # as the uninterrupted run ended
         assert torch.equal(v, weights(finished_run / "model_final.pth")[k]), k
@@ -167,19 +176,19 @@ def test_resume_skips_a_truncated_checkpoint_and_continues_from_the_newest_that_
     assert "found no checkpoint" in line and "model_0000003.pth" in line
 
 
-def test_unreadable_weights_are_named_and_the_previous_runs_files_stay(finished_run, synthetic_root, tmp_path):
+def test_unreadable_weights_are_named_and_the_previous_runs_checkpoints_stay(finished_run, synthetic_root, tmp_path):
     out = tmp_path / "run"
-    copy_run(finished_run, out, ["config.yaml", "schedule.json", "last_checkpoint", "model_final.pth"])
+    copy_run(finished_run, out, ["config.yaml", "last_checkpoint", "model_final.pth", "metrics.json"])
     broken = tmp_path / "model_final_f10217.pkl"
     broken.write_bytes(b"\x80\x04\x95 truncated")
-    before = {n: (out / n).read_bytes() for n in ("config.yaml", "schedule.json")}
+    before = {n: (out / n).read_bytes() for n in ("last_checkpoint", "model_final.pth", "metrics.json")}
     proc = train_net("MODEL.WEIGHTS", str(broken), "SOLVER.MAX_ITER", "9", *SHORT, "OUTPUT_DIR", str(out),
                      datasets=synthetic_root, expect_ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
     assert str(broken) in line and "cannot be read" in line
     assert {n: (out / n).read_bytes() for n in before} == before  # the failed start replaced nothing
-    assert not (out / "config_given.yaml").exists()
+    assert not list(out.glob("model_000*.pth"))
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_in_one_line_and_keeps_the_previous(synthetic_root, tmp_path):
@@ -206,6 +215,7 @@ def test_resuming_a_finished_run_killed_in_its_final_save_writes_model_final_and
     (out / "last_checkpoint").write_text("model_0000003.pth")
     train_net("--resume", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1", *SHORT,
               "OUTPUT_DIR", str(out), datasets=synthetic_root)
+    assert training_starts(out) == [4]  # after the checkpoint of iteration 3: nothing left to train
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 3
     for k, v in weights(finished_run / "model_final.pth").items():
@@ -270,31 +280,64 @@ def test_an_image_truncated_after_its_header_is_skipped_or_named_in_one_line(wor
 # --- fault injection ------------------------------------------------------------------------------------
 
 def test_training_killed_at_random_points_ends_as_the_uninterrupted_run(synthetic_root, tmp_path):
-    """kill -9 at seeded random moments (during steps and saves alike), then --resume, until the
-    run ends: the final weights, every metrics record and last_checkpoint are those of the run
-    that was never stopped."""
+    """kill -9 at seeded random points, during steps and in the middle of checkpoint writes, the
+    last while model_final.pth is written, then --resume, until the run ends: every run continues
+    after the checkpoint that last_checkpoint names, and the final weights, every metrics record
+    and last_checkpoint are those of the run that was never stopped."""
     run = ("SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(9,)", "SOLVER.CHECKPOINT_PERIOD", "1", *SHORT)
     reference = tmp_path / "reference"
     train_net(*run, "OUTPUT_DIR", str(reference), datasets=synthetic_root)
     out = tmp_path / "killed"
+
+    def iteration(checkpoint):  # model_0000004.pth -> 4; model_final.pth after them all
+        return 12 if checkpoint == "model_final.pth" else int(checkpoint[6:-4])
+
+    def tagged():
+        tag = out / "last_checkpoint"
+        return tag.read_text().strip() if tag.exists() else None
+
+    def writes():  # the checkpoints being written: name -> temporary file of the atomic write
+        names = os.listdir(out) if out.exists() else []
+        return {n[1:].split(".pth.")[0] + ".pth": n for n in names
+                if n.startswith(".model_") and n.endswith(".tmp")}
+
+    # The points, chosen by the seed: ("step", k) is the step after the checkpoint of iteration k
+    # is tagged, ("save", k) the write of the checkpoint of iteration k (its temporary file exists,
+    # the file itself not yet). A point the poll sees too late gives way to the next of its kind.
     rng = random.Random(20261129)
-    kills = 0
-    while True:
-        proc = start_train_net(out, *(("--resume",) if kills else ()), *run, datasets=synthetic_root)
-        saved = lambda: len([f for f in os.listdir(out) if f.startswith("model_")]) if out.exists() else 0  # noqa: E731
-        target = saved() + rng.randint(1, 3)
-        while proc.poll() is None and saved() < target:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:
-            output, errors = proc.communicate()
-            assert proc.returncode == 0, errors[-3000:]
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        kills += 1
-        assert kills < 15
-    assert kills >= 2
+    kinds = ["step", "save"] * 2
+    rng.shuffle(kinds)
+    plan = list(zip(kinds, sorted(rng.sample(range(1, 11), 4)))) + [("save", 12)]
+    restarts = []
+    for n, (kind, k) in enumerate(plan):
+        with open(tmp_path / f"process{n}.txt", "w") as output:
+            proc = start_train_net(out, *(("--resume",) if n else ()), *run,
+                                   datasets=synthetic_root, output=output)
+        try:
+            if kind == "step":
+                before = tagged()
+                stop_when(proc, lambda: tagged() != before and iteration(tagged()) >= k)
+            else:
+                left = set(writes().values())  # by a killed run; this one removes them as it starts
+                started = lambda: next(  # noqa: E731
+                    (c for c, t in writes().items() if t not in left and iteration(c) >= k), None)
+                still = lambda c: writes().get(c) not in left | {None}  # noqa: E731
+                checkpoint = stop_when(proc, started, still)
+                temporary = writes()[checkpoint]
+        finally:
+            proc.kill()
+            proc.wait()
+        restarts.append(resume_point(out))
+        if kind == "save":  # killed mid-write: the file is not there, the one before it is tagged
+            assert (out / temporary).exists() and not (out / checkpoint).exists()
+            assert restarts[-1] == iteration(checkpoint)
+    with open(tmp_path / "last_process.txt", "w") as output:
+        proc = start_train_net(out, "--resume", *run, datasets=synthetic_root, output=output)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "last_process.txt").read_text()[-3000:]
+    # every run started after the checkpoint that last_checkpoint named when the previous was killed
+    assert training_starts(out) == [0] + restarts
+    assert restarts[-1] == 12  # killed while writing model_final.pth: nothing left but to write it
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     for k, v in weights(reference / "model_final.pth").items():
         assert torch.equal(weights(out / "model_final.pth")[k], v), k
@@ -322,6 +365,7 @@ def test_a_checkpoint_written_by_plain_detectron2_resumes(finished_run, syntheti
     proc = train_net("--resume", "SOLVER.MAX_ITER", "3", *SHORT, "OUTPUT_DIR", str(out), datasets=synthetic_root)
     log = proc.stdout + proc.stderr
     assert "no optimizer state" in log and "no data-stream position" in log
+    assert training_starts(out) == [2]
     assert [r["iteration"] for r in read_metrics(out / "metrics.json") if "lr" in r] == [2]
     resumed = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert resumed["iteration"] == 2 and resumed["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 3

@@ -9,13 +9,13 @@ import sys
 import zipfile
 
 import pytest
-from conftest import REPO, TINY, run
+from conftest import FIXTURE, FIXTURE_MAX_ITER, REPO, TINY, assert_far_from_0_and_100, evaluation_of, run
 
 SAME_AS_TRAINED_EVAL = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
 
 
 def make_submission(out_dir, split, weights, datasets):
-    return run(["tools/make_submission.py", "--config-file", TINY, "--split", split, "--output", str(out_dir),
+    return run(["tools/make_submission.py", "--config-file", FIXTURE, "--split", split, "--output", str(out_dir),
                 "MODEL.WEIGHTS", weights, *SAME_AS_TRAINED_EVAL], datasets)
 
 
@@ -24,7 +24,8 @@ def test_val_submission_scored_by_cityscapesscripts_command_line_equals_our_offi
                                                                                       tmp_path):
     out, _ = trained
     make_submission(tmp_path / "sub", "val", os.path.join(out, "model_final.pth"), synthetic_root)
-    ours = json.load(open(glob.glob(os.path.join(out, "eval_results", "*.json"))[0]))["results"]["cityscapes"]
+    ours = evaluation_of(out, FIXTURE_MAX_ITER)["results"]["cityscapes"]  # same weights, same threshold
+    assert_far_from_0_and_100(ours["AP"], ours["AP50"])
     # cityscapesscripts' main(): it finds each ground-truth image's prediction file under
     # CITYSCAPES_RESULTS itself; only its ground-truth cache and results file are put in tmp_path
     # (by default they go into the installed package and the dataset).
@@ -41,9 +42,9 @@ def test_val_submission_scored_by_cityscapesscripts_command_line_equals_our_offi
     official = json.load(open(export))
     assert 100 * official["averages"]["allAp"] == ours["AP"]
     assert 100 * official["averages"]["allAp50%"] == ours["AP50"]
-    # and there were predictions to score (a 4-iteration model scores near 0 AP, whatever its seed)
-    lines = [line for t in glob.glob(str(tmp_path / "sub" / "results" / "*_pred.txt")) for line in open(t)]
-    assert len(lines) > 0
+    # every val image has its prediction file, none of them empty
+    texts = glob.glob(str(tmp_path / "sub" / "results" / "*_pred.txt"))
+    assert len(texts) == 6 and all(open(t).read().strip() for t in texts)
 
 
 @pytest.mark.slow

@@ -3,10 +3,13 @@ metrics; --resume; two CPU processes; the main job."""
 import glob
 import json
 import os
+import re
+import shutil
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, run, train_net
+from conftest import (CONFIGS, FIXTURE, FIXTURE_EVAL_PERIOD, FIXTURE_MAX_ITER, REPO, assert_far_from_0_and_100,
+                      evaluation_of, load_config, run, train_net)
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes
 
@@ -14,21 +17,25 @@ def test_training_writes_checkpoints_with_optimizer_scheduler_and_iteration(trai
     out, _ = trained
     assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
-    assert ckpt["iteration"] == 3
+    assert ckpt["iteration"] == FIXTURE_MAX_ITER - 1
     assert "roi_heads.mask_head.predictor.weight" in ckpt["model"]
     optimizer = ckpt["trainer"]["_trainer"]["optimizer"]
     assert optimizer["state"], "SGD momentum buffers must be in the checkpoint"
     assert any("momentum_buffer" in s for s in optimizer["state"].values())
-    assert ckpt["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 4
-    for name in ("model_0000001.pth", "model_0000003.pth", "config.yaml", "metrics.json"):
+    assert ckpt["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == FIXTURE_MAX_ITER
+    # the periodic checkpoints (CHECKPOINT_PERIOD is EVAL_PERIOD), named by their 0-based iteration
+    periodic = [f"model_{i - 1:07d}.pth" for i in (FIXTURE_EVAL_PERIOD, FIXTURE_MAX_ITER)]
+    for name in periodic + ["config.yaml", "metrics.json"]:
         assert os.path.isfile(os.path.join(out, name)), name
 
 
 def test_evaluation_during_training_writes_json_with_iteration_and_checkpoint(trained):
     out, proc = trained
-    path = os.path.join(out, "eval_results", "cityscapes_ft_instance_val_iter0000004.json")
-    data = json.load(open(path))
-    assert data["dataset"] == "cityscapes_ft_instance_val" and data["iteration"] == 4
+    halfway = evaluation_of(out, FIXTURE_EVAL_PERIOD)
+    assert halfway["iteration"] == FIXTURE_EVAL_PERIOD
+    assert halfway["checkpoint"].endswith(f"model_{FIXTURE_EVAL_PERIOD - 1:07d}.pth")
+    data = evaluation_of(out, FIXTURE_MAX_ITER)
+    assert data["dataset"] == "cityscapes_ft_instance_val" and data["iteration"] == FIXTURE_MAX_ITER
     assert data["checkpoint"].endswith("model_final.pth")
     assert set(data["results"]) == {"cityscapes", "bbox", "segm"}
     assert {"AP", "AP50", "AP-person", "AP50-bicycle"} <= set(data["results"]["cityscapes"])
@@ -36,17 +43,22 @@ def test_evaluation_during_training_writes_json_with_iteration_and_checkpoint(tr
 
 
 def test_eval_only_reports_official_and_coco_ap(trained, synthetic_root, tmp_path):
+    """--eval-only on the trained run's final weights, with its config: the numbers its own
+    evaluation at the end of training found."""
     out, _ = trained
     proc = train_net("--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
-                     "OUTPUT_DIR", str(tmp_path), datasets=synthetic_root)
+                     "OUTPUT_DIR", str(tmp_path), config=FIXTURE, datasets=synthetic_root)
     log = proc.stdout + proc.stderr
     assert "Official Cityscapes instance-level metric" in log
     assert "COCO-style box AP" in log and "COCO-style mask AP" in log
     assert "copypaste: Task: cityscapes" in log
     (path,) = glob.glob(str(tmp_path / "eval_results" / "*.json"))
     data = json.load(open(path))
-    assert data["iteration"] == 4 and data["checkpoint"].endswith("model_final.pth")
+    assert data["iteration"] == FIXTURE_MAX_ITER and data["checkpoint"].endswith("model_final.pth")
     assert set(data["results"]) == {"cityscapes", "bbox", "segm"}
+    during_training = evaluation_of(out, FIXTURE_MAX_ITER)["results"]
+    assert_far_from_0_and_100(*(during_training[task]["AP"] for task in ("cityscapes", "bbox", "segm")))
+    assert data["results"] == during_training
     # nothing written outside the output directory
     assert not os.path.exists(os.path.join(REPO, "matches.json"))
 
@@ -55,18 +67,18 @@ def test_resume_continues_where_the_run_stopped(trained, synthetic_root, tmp_pat
     out, _ = trained
     resumed = str(tmp_path / "resumed")
     os.makedirs(resumed)
-    for name in ("model_0000003.pth", "last_checkpoint"):
-        src = os.path.join(out, name)
-        open(os.path.join(resumed, name), "wb").write(open(src, "rb").read())
+    last = f"model_{FIXTURE_MAX_ITER - 1:07d}.pth"  # the periodic checkpoint of the last iteration
+    shutil.copy(os.path.join(out, last), resumed)
     with open(os.path.join(resumed, "last_checkpoint"), "w") as f:
-        f.write("model_0000003.pth")
-    proc = train_net("--resume", "OUTPUT_DIR", resumed, "SOLVER.MAX_ITER", "6", datasets=synthetic_root)
+        f.write(last)
+    proc = train_net("--resume", "OUTPUT_DIR", resumed, "SOLVER.MAX_ITER", str(FIXTURE_MAX_ITER + 2),
+                     "TEST.EVAL_PERIOD", "0", config=FIXTURE, datasets=synthetic_root)
     log = proc.stdout + proc.stderr
-    assert "Starting training from iteration 4" in log
+    assert f"Starting training from iteration {FIXTURE_MAX_ITER}" in log
     assert "Loading scheduler from state_dict" in log
     ckpt = torch.load(os.path.join(resumed, "model_final.pth"), map_location="cpu", weights_only=False)
-    assert ckpt["iteration"] == 5
-    assert ckpt["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == 6
+    assert ckpt["iteration"] == FIXTURE_MAX_ITER + 1
+    assert ckpt["trainer"]["hooks"]["LayerwiseLRScheduler"]["last_epoch"] == FIXTURE_MAX_ITER + 2
 
 
 def test_two_cpu_processes_train_together(synthetic_root, tmp_path):
@@ -106,8 +118,8 @@ def test_lr_step_past_the_end_is_dropped_with_a_warning_as_detectron2_does(synth
     proc = train_net("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()",
                      datasets=synthetic_root)
     assert "SOLVER.STEPS (3,) are not before the run's end (SOLVER.MAX_ITER 3) and are dropped" in proc.stdout + proc.stderr
-    schedule = json.load(open(tmp_path / "schedule.json"))
-    assert schedule["max_iter"] == 3 and schedule["steps"] == []
+    ran = load_config(str(tmp_path / "config.yaml"))
+    assert ran.SOLVER.MAX_ITER == 3 and tuple(ran.SOLVER.STEPS) == ()
 
 
 def test_cuda_config_without_cuda_says_what_to_do(synthetic_root, tmp_path):
@@ -147,14 +159,42 @@ def test_main_job_on_its_default_path_makes_data_trains_evaluates_and_draws(tmp_
     assert "using the synthetic dataset" in proc.stdout
 
 
-def test_periodic_evaluation_keeps_the_best_checkpoint(synthetic_root, tmp_path):
-    proc = train_net("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2",
-                     "CITYSCAPES_FT.BEST_CHECKPOINT_METRIC", "segm/AP50", datasets=synthetic_root)
-    evals = sorted(os.listdir(tmp_path / "eval_results"))
-    assert evals == ["cityscapes_ft_instance_val_iter0000002.json", "cityscapes_ft_instance_val_iter0000004.json"]
-    values = [json.load(open(tmp_path / "eval_results" / e))["results"]["segm"]["AP50"] for e in evals]
-    best = torch.load(tmp_path / "model_best.pth", map_location="cpu", weights_only=False)
-    # the iteration saved is the first evaluation that reached the best value
-    assert best["iteration"] == (1 if values[0] >= values[1] else 4)  # detectron2 counts the end as 4
-    assert "model_best" in proc.stdout + proc.stderr + open(tmp_path / "log.txt").read()
-    assert open(tmp_path / "last_checkpoint").read().strip() == "model_final.pth"  # --resume unaffected
+def test_periodic_evaluation_keeps_the_best_checkpoint(trained, synthetic_root, tmp_path):
+    """model_best.pth follows CITYSCAPES_FT.BEST_CHECKPOINT_METRIC (official AP): the trained run's
+    evaluation at its end, better than the one halfway, replaced it; a resumed run's worse
+    evaluation leaves it, compared with the best score the run had reached."""
+    out, _ = trained
+    first, last = (evaluation_of(out, i)["results"]["cityscapes"]["AP"]
+                   for i in (FIXTURE_EVAL_PERIOD, FIXTURE_MAX_ITER))
+    assert first < last, (first, last)  # the seeded run learns: its second evaluation is the better
+    log = open(os.path.join(out, "log.txt")).read()
+    # detectron2 records a periodic evaluation at the iteration it follows (0-based), the end at MAX_ITER
+    assert f"Saved first model at {first:0.5f} @ {FIXTURE_EVAL_PERIOD - 1} steps" in log
+    assert re.search(f"Saved best model as latest eval score for cityscapes/AP is ?{last:0.5f}, "  # v0.6: "is19.5"
+                     f"better than last best score {first:0.5f} @ iteration {FIXTURE_EVAL_PERIOD - 1}", log)
+    best = torch.load(os.path.join(out, "model_best.pth"), map_location="cpu", weights_only=False)
+    final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert best["iteration"] == FIXTURE_MAX_ITER
+    assert best["model"].keys() == final["model"].keys()
+    assert all(torch.equal(best["model"][k], final["model"][k]) for k in final["model"])
+    assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"  # --resume unaffected
+
+    # A worse model: the final checkpoint with its classifier's logits negated (background and the
+    # wrong classes rank first), resumed for one iteration and evaluated at its end.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("weight", "bias"):
+        final["model"][f"roi_heads.box_predictor.cls_score.{name}"] *= -1
+    torch.save(final, resumed / "model_final.pth")
+    (resumed / "last_checkpoint").write_text("model_final.pth")
+    shutil.copy(os.path.join(out, "model_best.pth"), resumed)
+    kept = (resumed / "model_best.pth").read_bytes()
+    train_net("--resume", "OUTPUT_DIR", str(resumed), "SOLVER.MAX_ITER", str(FIXTURE_MAX_ITER + 1), config=FIXTURE,
+              datasets=synthetic_root)
+    worse = evaluation_of(str(resumed), FIXTURE_MAX_ITER + 1)["results"]["cityscapes"]["AP"]
+    assert worse < last, (worse, last)
+    assert (resumed / "model_best.pth").read_bytes() == kept
+    # compared with the finished run's best, the one model_best.pth holds (a stale best score, from
+    # before the evaluation at the end, would let a model worse than model_best.pth replace it)
+    assert (f"Not saving as latest eval score for cityscapes/AP is {worse:0.5f}, not better than best score "
+            f"{last:0.5f} @ iteration {FIXTURE_MAX_ITER}.") in (resumed / "log.txt").read_text()

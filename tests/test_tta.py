@@ -5,7 +5,8 @@ import json
 import os
 
 import pytest
-from conftest import TINY, load_config, train_net
+from conftest import (FIXTURE, FIXTURE_MAX_ITER, TINY, assert_far_from_0_and_100, evaluation_of, load_config,
+                      train_net)
 from detectron2.data import DatasetCatalog
 
 from cityscapes_ft.engine.trainer import CityscapesFTTrainer
@@ -37,11 +38,20 @@ def test_tta_predicts_on_every_augmented_image_and_names_results_apart(cityscape
 
 @pytest.mark.slow
 def test_eval_only_with_tta_reports_both(trained, synthetic_root, tmp_path):
+    """The plain evaluation is the trained run's own at its end (same weights and config); the
+    augmented one, of the same model, finds objects too."""
     out, _ = trained
     proc = train_net("--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR",
-                     str(tmp_path), *TTA, datasets=synthetic_root)
+                     str(tmp_path), *TTA, config=FIXTURE, datasets=synthetic_root)
     names = {os.path.basename(p) for p in glob.glob(str(tmp_path / "eval_results" / "*.json"))}
-    assert names == {"cityscapes_ft_instance_val_iter0000004.json", "cityscapes_ft_instance_val_TTA_iter0000004.json"}
+    assert names == {f"cityscapes_ft_instance_val_iter{FIXTURE_MAX_ITER:07d}.json",
+                     f"cityscapes_ft_instance_val_TTA_iter{FIXTURE_MAX_ITER:07d}.json"}
+    during_training = evaluation_of(out, FIXTURE_MAX_ITER)["results"]
+    plain = evaluation_of(str(tmp_path), FIXTURE_MAX_ITER)["results"]
+    augmented = evaluation_of(str(tmp_path), FIXTURE_MAX_ITER, "cityscapes_ft_instance_val_TTA")["results"]
+    assert_far_from_0_and_100(*(during_training[task]["AP"] for task in ("cityscapes", "bbox", "segm")))
+    assert plain == during_training
+    assert_far_from_0_and_100(*(augmented[task]["AP"] for task in ("cityscapes", "bbox", "segm")))
     assert "Evaluating with test-time augmentation" in proc.stderr + proc.stdout
     assert os.path.isdir(tmp_path / "inference" / "cityscapes_ft_instance_val")
     assert os.path.isdir(tmp_path / "inference_TTA" / "cityscapes_ft_instance_val")

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, load_config
+from conftest import CONFIGS, FIXTURE, FIXTURE_MAX_ITER, REPO, load_config
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from PIL import Image
@@ -32,6 +32,20 @@ def tool(name, *args, datasets, expect_ok=True):
 
 def val_images(root):
     return sorted(glob.glob(os.path.join(root, "cityscapes", "leftImg8bit", "val", "*", "*.png")))
+
+
+def saved_scores(trained_dir, image):
+    """The scores, highest first, of every instance the trained run's last evaluation predicted on
+    `image` (a val image): the same weights and test size as the demo, and no score threshold."""
+    saved = os.path.join(trained_dir, "inference", "cityscapes_ft_instance_val", "instances_predictions.json")
+    (record,) = [r for r in json.load(open(saved)) if os.path.basename(r["file_name"]) == os.path.basename(image)]
+    return sorted(record["scores"], reverse=True)
+
+
+def demo_counts(proc):
+    """{input file name: instances predicted} from tools/demo.py's log."""
+    return {os.path.basename(path): int(n)
+            for path, n in re.findall(r"(\S+): (\d+) instances ->", proc.stderr + proc.stdout)}
 
 
 def test_instances_are_drawn_in_their_cityscapes_colour():
@@ -55,25 +69,26 @@ def test_instances_are_drawn_in_their_cityscapes_colour():
 
 @pytest.mark.slow
 def test_demo_draws_images_and_skips_unreadable_ones(trained, synthetic_root, tmp_path):
+    """At the demo's default threshold, 0.5, the trained model finds on each image what its
+    evaluation found above 0.5 (at least one object), and draws it."""
     out, _ = trained
     inputs = tmp_path / "in"
     inputs.mkdir()
     for p in val_images(synthetic_root)[:3]:
         shutil.copy(p, inputs)
     (inputs / "broken.png").write_bytes(b"not a png")
-    proc = tool("demo.py", "--config-file", TINY, "--input", str(inputs), "--output", str(tmp_path / "out"),
-                "--confidence-threshold", "0.0", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
-                "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", datasets=synthetic_root)
+    proc = tool("demo.py", "--config-file", FIXTURE, "--input", str(inputs), "--output", str(tmp_path / "out"),
+                "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), datasets=synthetic_root)
     assert "broken.png" in proc.stderr + proc.stdout and "Skipped unreadable image" in proc.stderr + proc.stdout
     written = sorted(os.listdir(tmp_path / "out"))
     assert written == sorted(os.path.basename(p) for p in val_images(synthetic_root)[:3])
-    changed = 0
+    expected = {name: sum(s > 0.5 for s in saved_scores(out, name)) for name in written}
+    assert demo_counts(proc) == expected and min(expected.values()) >= 1, expected
     for name in written:
         drawn = np.asarray(Image.open(tmp_path / "out" / name).convert("RGB")).astype(int)
         original = np.asarray(Image.open(inputs / name).convert("RGB")).astype(int)
         assert drawn.shape == original.shape
-        changed += (np.abs(drawn - original).sum(-1) > 30).mean()
-    assert changed > 0.01  # detections were drawn
+        assert (np.abs(drawn - original).sum(-1) > 30).mean() > 0.005, name  # its detections were drawn
 
 
 @pytest.mark.slow
@@ -86,7 +101,7 @@ def test_demo_video_gives_a_video_with_the_same_frame_count(trained, synthetic_r
     for f in frames:
         writer.write(f)
     writer.release()
-    tool("demo.py", "--config-file", TINY, "--video-input", video, "--output", str(tmp_path / "vis"),
+    tool("demo.py", "--config-file", FIXTURE, "--video-input", video, "--output", str(tmp_path / "vis"),
          "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), datasets=synthetic_root)
     result = cv2.VideoCapture(str(tmp_path / "vis" / "drive.mp4"))
     count = 0
@@ -99,18 +114,23 @@ def test_demo_video_gives_a_video_with_the_same_frame_count(trained, synthetic_r
 @pytest.mark.slow
 def test_demo_takes_opts_and_its_threshold_is_the_models(trained, synthetic_root, tmp_path):
     """detectron2's demo spelling: --opts KEY VALUE; --confidence-threshold is the model's test score
-    threshold, so the instances predicted (not only drawn) follow it."""
+    threshold, so the instances predicted (not only drawn) follow it: as many as the trained run's
+    evaluation scored above it, at most TEST.DETECTIONS_PER_IMAGE (given after --opts)."""
     image = val_images(synthetic_root)[0]
     weights = os.path.join(trained[0], "model_final.pth")
+    scores = saved_scores(trained[0], image)
+    above_half = sum(s > 0.5 for s in scores)
+    assert 1 <= above_half < 7, scores[:8]
+    # thresholds halfway between scores the evaluation saw, so far from any score the demo's run gives
+    thresholds = {"0.0": 7, f"{(scores[above_half - 1] + scores[above_half]) / 2:.4f}": above_half,
+                  f"{(scores[0] + 1) / 2:.4f}": 0}
     counts = {}
-    for threshold in ("0.0", "0.999"):
-        proc = tool("demo.py", "--config-file", TINY, "--input", image, "--output", str(tmp_path / threshold),
+    for threshold in thresholds:
+        proc = tool("demo.py", "--config-file", FIXTURE, "--input", image, "--output", str(tmp_path / threshold),
                     "--confidence-threshold", threshold, "--opts", "MODEL.WEIGHTS", weights,
                     "TEST.DETECTIONS_PER_IMAGE", "7", datasets=synthetic_root)
-        found = re.findall(r": (\d+) instances ->", proc.stderr + proc.stdout)
-        assert len(found) == 1, proc.stderr[-2000:]
-        counts[threshold] = int(found[0])
-    assert counts == {"0.0": 7, "0.999": 0}  # every candidate up to the cap (an --opts value), then none
+        counts[threshold] = demo_counts(proc)[os.path.basename(image)]
+    assert counts == thresholds
 
 
 @pytest.mark.slow
@@ -147,6 +167,7 @@ def test_visualize_data_defaults_to_the_current_folder_and_show_without_a_displa
     assert proc.returncode == 2 and "--show needs a display" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["annotation", "dataloader"])
 def test_visualize_data_draws_the_split(synthetic_root, tmp_path, source):
     tool("visualize_data.py", "--config-file", TINY, "--source", source, "--output-dir", str(tmp_path),
@@ -198,9 +219,9 @@ def test_training_leaves_curves_report_and_tensorboard_events(trained):
     html = open(os.path.join(out, "report.html")).read()
     assert "Official Cityscapes metric" in html and "COCO-style mask AP" in html
     assert html.count("data:image/png;base64,") == 3  # curves + 2 pictures, all embedded
-    # the schedule the run resolved: 4 iterations of batch 2 over the 8 training images
+    # the schedule the run resolved: 150 iterations of batch 2 over the 8 training images
     assert "Training schedule" in html
-    assert "<td>max iterations</td><td>4 (1.00 epochs)</td>" in html
+    assert f"<td>max iterations</td><td>{FIXTURE_MAX_ITER} ({FIXTURE_MAX_ITER * 2 / 8:.2f} epochs)</td>" in html
     assert "<td>training images after filtering</td><td>8</td>" in html
     # the training set per class, as the log stated it at start
     training_set = json.load(open(os.path.join(out, "training_set.json")))

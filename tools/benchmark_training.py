@@ -19,7 +19,7 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
 
-from cityscapes_ft.config import explicit_config_keys, load_cityscapes_ft_cfg
+from cityscapes_ft.config import command_line_keys, load_cityscapes_ft_cfg
 from cityscapes_ft.data import build_mapper
 from cityscapes_ft.data.synthetic import make_synthetic_cityscapes
 from cityscapes_ft.engine import resolve_config
@@ -85,7 +85,7 @@ def run_variant(name, args, out_dir):
     ] + [o.format(iters=args.iterations) for o in extra]
     cfg = load_cityscapes_ft_cfg(args.config_file, opts)
     # as tools/train_net.py resolves it: a recipe's schedule at the batch of this run
-    cfg, _ = resolve_config(cfg, explicit_config_keys(args.config_file, opts))
+    cfg, _ = resolve_config(cfg, command_line_keys(opts))
     clock = StepClock()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

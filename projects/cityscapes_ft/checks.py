@@ -62,6 +62,14 @@ def check_config_runnable(cfg):
     _check_choice("CITYSCAPES_FT.ON_BAD_SAMPLE", ft.ON_BAD_SAMPLE, ("error", "skip"),
                   " (stop at the first bad training sample, or leave bad samples out, logged)")
     _check_choice("CITYSCAPES_FT.BEST_CHECKPOINT_MODE", ft.BEST_CHECKPOINT_MODE, ("max", "min"))
+    _check_choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, ("value", "norm"),
+                  " (each parameter's gradient clipped by value or by its norm)")
+    digest = cfg.MODEL.WEIGHTS_SHA256
+    if digest and not (8 <= len(digest) <= 64 and all(c in "0123456789abcdefABCDEF" for c in digest)):
+        raise ConfigNotRunnable(
+            f"MODEL.WEIGHTS_SHA256 is {digest!r}; expected the hex SHA-256 of MODEL.WEIGHTS, or a prefix "
+            "of at least 8 hex characters (e.g. from `sha256sum model_final.pkl`)"
+        )
     for task in ft.EVAL_TASKS:
         _check_choice("An entry of CITYSCAPES_FT.EVAL_TASKS", task, ("cityscapes", "bbox", "segm"),
                       " (official Cityscapes mask AP, COCO box AP, COCO mask AP)")

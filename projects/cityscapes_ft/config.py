@@ -2,14 +2,20 @@
 import difflib
 import math
 import os
-from typing import Dict, List
-
-import yaml
+from typing import Dict
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigNotRunnable
+
+# The one rule for rescaling a schedule (README, "Schedules, scaling"): it does not depend on which
+# file of a _BASE_ chain set a value.
+SCHEDULE_SCALING_RULE = (
+    "Values in config files are stated for CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH images per "
+    "step (0: the config's SOLVER.IMS_PER_BATCH) and are rescaled to the run's global batch (LR by "
+    "LR_SCALING, iteration counts inversely); values typed on the command line are used as typed."
+)
 
 # CITYSCAPES_FT.SCHEDULE.LR_SCALING: the LR factor for a global batch `ratio` times the reference.
 LR_SCALING_RULES = {
@@ -29,6 +35,11 @@ def add_cityscapes_ft_config(cfg):
     # bbox_pred, mask predictor) from a checkpoint with another label space: one entry per target
     # class, naming its source class (name or id in SOURCE_CLASSES); "" leaves that class freshly
     # initialised. () loads as plain detectron2 does (class-specific layers skipped on mismatch).
+    # SHA-256 of the MODEL.WEIGHTS file (its hex digest, or a prefix of at least 8 characters, as
+    # torch.hub pins files): a file with another digest (a corrupted or substituted download) is
+    # refused before it is unpickled. "" checks nothing; every load logs the digest either way.
+    cfg.MODEL.WEIGHTS_SHA256 = ""
+
     cfg.MODEL.HEAD_TRANSFER = CN()
     cfg.MODEL.HEAD_TRANSFER.CLASS_MAP = ()
     # The checkpoint's classes, in its order; () takes SOURCE_DATASET's thing_classes.
@@ -39,6 +50,10 @@ def add_cityscapes_ft_config(cfg):
     # What CityscapesInstanceSegEvaluator reports: "cityscapes" is the official metric
     # (cityscapesscripts, mask AP/AP50), "bbox" and "segm" are COCO-style AP from pycocotools.
     cfg.CITYSCAPES_FT.EVAL_TASKS = ("cityscapes", "bbox", "segm")
+    # Also break the box and mask AP down into TIDE's error causes (evaluation/errors.py: Cls, Loc,
+    # Both, Dupe, Bkg, Miss, in AP points at IoU 0.5), draw the confusion matrix and PR curves into
+    # <evaluation folder>/error_analysis/; the results gain "errors". Costs seconds per 100 images.
+    cfg.CITYSCAPES_FT.ERROR_ANALYSIS = False
     # What a bad training sample (unreadable image, missing or invalid annotation, bad polygon)
     # does: "error" stops at once naming the file; "skip" leaves it out and logs the count and
     # list. Evaluation always stops at a bad sample: skipping would change the metric.
@@ -70,14 +85,9 @@ def add_cityscapes_ft_config(cfg):
     # TEST.EVAL_PERIOD in iterations). Only used with UNIT "epochs".
     cfg.CITYSCAPES_FT.SCHEDULE.CHECKPOINT_PERIOD_EPOCHS = 0.0
     cfg.CITYSCAPES_FT.SCHEDULE.EVAL_PERIOD_EPOCHS = 0.0
-    # The global batch that BASE_LR (and, in iteration mode, the iteration counts and
-    # WARMUP_ITERS in both modes) are stated for. When the run's batch differs (another
-    # IMS_PER_BATCH, or --num-gpus with SOLVER.REFERENCE_WORLD_SIZE), the LR is scaled by
-    # LR_SCALING ("linear", "sqrt" or "none" of batch / reference) and iteration counts by
-    # reference / batch, so the run sees the same number of images. 0: BASE_LR is for the batch
-    # as given (detectron2's REFERENCE_WORLD_SIZE scaling still applies). A config file that sets
-    # this key is a recipe: values that a file inheriting it, or the command line, sets are used
-    # exactly as given and never rescaled (explicit_config_keys).
+    # The global batch that the config files' BASE_LR, WARMUP_ITERS and (in iteration mode)
+    # iteration counts are stated for (SCHEDULE_SCALING_RULE below). 0: for the config's own
+    # SOLVER.IMS_PER_BATCH, so only detectron2's REFERENCE_WORLD_SIZE with --num-gpus rescales.
     cfg.CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH = 0
     cfg.CITYSCAPES_FT.SCHEDULE.LR_SCALING = "linear"
 
@@ -102,11 +112,33 @@ def add_cityscapes_ft_config(cfg):
     cfg.CITYSCAPES_FT.LR_MULTIPLIER.FPN = 1.0
     cfg.CITYSCAPES_FT.LR_MULTIPLIER.HEADS = 1.0
 
+    # Where metrics go besides metrics.json and the console: any of "tensorboard", "mlflow"
+    # (MLFLOW_TRACKING_URI, else MLflow's own default) and "wandb" (offline unless WANDB_MODE says
+    # otherwise; `wandb sync` uploads). Only the main process logs; a tracking server that cannot
+    # be reached never stops training (engine/tracking.py).
+    cfg.CITYSCAPES_FT.WRITERS = ("tensorboard",)
+    # The MLflow experiment / W&B project of the run; "" takes MLFLOW_EXPERIMENT_NAME or
+    # WANDB_PROJECT, else "cityscapes-ft".
+    cfg.CITYSCAPES_FT.TRACKING_EXPERIMENT = ""
+
+    # Early stopping on BEST_CHECKPOINT_METRIC (in BEST_CHECKPOINT_MODE's direction): stop when it
+    # has not improved by more than MIN_DELTA (in the metric's units) for PATIENCE evaluations in
+    # a row. PATIENCE 0 turns it off. model_best.pth keeps the best model.
+    cfg.CITYSCAPES_FT.EARLY_STOP = CN()
+    cfg.CITYSCAPES_FT.EARLY_STOP.PATIENCE = 0
+    cfg.CITYSCAPES_FT.EARLY_STOP.MIN_DELTA = 0.0
+
 
 def load_cityscapes_ft_cfg(config_file, opts=()):
     """detectron2's defaults + our keys, then the YAML file, then KEY VALUE overrides (unfrozen)."""
     if not config_file or not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file: no such file '{config_file}' (try configs/cs_ft.yaml)")
+    if config_file.endswith(".py"):
+        raise ConfigNotRunnable(
+            f"--config-file {config_file} is a LazyConfig (.py) file; tools/train_net.py reads YAML "
+            "configs (configs/*.yaml, or detectron2's model-zoo .yaml files). Training from LazyConfig "
+            "files is not supported by cityscapes-ft yet"
+        )
     cfg = get_cfg()
     add_cityscapes_ft_config(cfg)
     opts = [str(o) for o in opts]
@@ -121,46 +153,10 @@ def load_cityscapes_ft_cfg(config_file, opts=()):
     return cfg
 
 
-def config_file_chain(config_file) -> List[str]:
-    """The file and its `_BASE_` ancestors, the given file first."""
-    chain = []
-    path = config_file
-    while path:
-        chain.append(path)
-        with open(path) as f:
-            base = (yaml.safe_load(f) or {}).get("_BASE_")
-        if not base:
-            break
-        base = os.path.expanduser(base)
-        path = base if os.path.isabs(base) or "://" in base else os.path.join(os.path.dirname(path), base)
-    return chain
-
-
-def _sets_reference_batch(path) -> bool:
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    schedule = (raw.get("CITYSCAPES_FT") or {}).get("SCHEDULE") or {}
-    return "REFERENCE_IMS_PER_BATCH" in schedule
-
-
-def explicit_config_keys(config_file, opts=()) -> Dict[str, str]:
-    """The keys whose values the user gave, each with where: every KEY of the command-line pairs,
-    and every key that a config file above the recipe changes. The recipe is the file nearest to
-    `config_file` that sets CITYSCAPES_FT.SCHEDULE.REFERENCE_IMS_PER_BATCH: its numbers, and its
-    bases', are stated for that batch and may be rescaled; a file of the user's that inherits it
-    states values to be used as they are."""
-    explicit = {}
-    chain = config_file_chain(config_file)
-    recipe = next((i for i, path in enumerate(chain) if _sets_reference_batch(path)), 0)
-    if recipe > 0:
-        recipe_cfg, given_cfg = load_cityscapes_ft_cfg(chain[recipe]), load_cityscapes_ft_cfg(config_file)
-        recipe_values = dict(_flat_items(recipe_cfg))
-        for key, value in _flat_items(given_cfg):
-            if recipe_values.get(key) != value:
-                explicit[key] = f"set in {config_file}"
-    for key in list(opts)[0::2]:
-        explicit[str(key)] = "set on the command line"
-    return explicit
+def command_line_keys(opts=()) -> Dict[str, str]:
+    """The keys of the command line's KEY VALUE pairs, each with where it was set: the schedule
+    uses these values as typed and rescales only what config files state (SCHEDULE_SCALING_RULE)."""
+    return {str(key): "set on the command line" for key in list(opts)[0::2]}
 
 
 def _ints_for_float_keys(cfg, opts):
@@ -184,6 +180,11 @@ def _flat_items(node, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def flat_config_items(cfg):
+    """(KEY.PATH, value) for every key of a config, in order: what trackers log as parameters."""
+    return list(_flat_items(cfg))
+
+
 def _flat_keys(node):
     return [key for key, _ in _flat_items(node)]
 
@@ -192,7 +193,7 @@ def _unknown_key_message(cfg, config_file, opts, error) -> str:
     """detectron2's message plus where our keys live and the closest existing keys."""
     message = str(error).strip("'\"")
     key = message.split(":")[-1].strip() if "Non-existent" in message else ""
-    hint = ("cityscapes-ft adds only MODEL.HEAD_TRANSFER.*, INPUT.DATASET_MAPPER_NAME and "
+    hint = ("cityscapes-ft adds only MODEL.HEAD_TRANSFER.*, MODEL.WEIGHTS_SHA256, INPUT.DATASET_MAPPER_NAME and "
             "CITYSCAPES_FT.* (README: 'Our config keys'); every other key is detectron2 v0.6's")
     close = difflib.get_close_matches(key, list(_flat_keys(cfg)), n=3, cutoff=0.6) if key else []
     where = f"{config_file} or the command-line overrides {opts}" if opts else config_file

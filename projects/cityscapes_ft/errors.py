@@ -23,6 +23,10 @@ class CheckpointUnreadable(CityscapesFTError, RuntimeError):
     """A checkpoint or MODEL.WEIGHTS file is truncated, empty or not a checkpoint."""
 
 
+class WeightsDigestMismatch(CityscapesFTError, RuntimeError):
+    """A weights file whose SHA-256 is not the one MODEL.WEIGHTS_SHA256 pins."""
+
+
 class WeightsDoNotFit(CityscapesFTError, RuntimeError):
     """Weights loaded strictly (--eval-only, --resume) miss, add or mis-shape tensors."""
 

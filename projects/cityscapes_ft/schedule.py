@@ -1,7 +1,7 @@
 """The training schedule a run actually uses: epochs converted to iterations, the recipe rescaled to
-the run's global batch, and a summary that the trainer logs and writes next to the checkpoints."""
+the run's global batch, and a summary that the trainer logs and the run report shows."""
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
 from .config import LR_SCALING_RULES
@@ -40,8 +40,9 @@ class TrainingSchedule:
     checkpoint_period: int
     eval_period: int
     backbone_freeze_iters: int
-    # Keys the user set (key -> where), used as given; warnings about derivations they stopped.
-    given: Dict[str, str] = field(default_factory=dict)
+    # Keys the user set (key -> where), used as given (None: not known, the schedule was read from
+    # a resolved config); warnings about derivations they stopped.
+    given: Optional[Dict[str, str]] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
 
     @property
@@ -54,39 +55,54 @@ class TrainingSchedule:
         ipe = self.iters_per_epoch
         return f"{iters / ipe:.2f} epochs" if ipe else "epochs unknown"
 
-    def as_dict(self) -> dict:
-        """The fields and iters_per_epoch, as schedule.json holds them."""
-        return dict(asdict(self), iters_per_epoch=self.iters_per_epoch)
-
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainingSchedule":
-        """From as_dict()'s output (OUTPUT_DIR/schedule.json)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+    def of_resolved_config(cls, cfg, dataset_size: Optional[int] = None) -> "TrainingSchedule":
+        """The schedule that a resolved config (OUTPUT_DIR/config.yaml) runs: what the run report
+        shows, derived from the one file that describes the run."""
+        solver, freeze = cfg.SOLVER, cfg.CITYSCAPES_FT.BACKBONE_FREEZE
+        return cls(
+            unit=cfg.CITYSCAPES_FT.SCHEDULE.UNIT, dataset_size=dataset_size, world_size=None,
+            ims_per_batch=solver.IMS_PER_BATCH,
+            accumulation_steps=cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS,
+            reference_ims_per_batch=solver.IMS_PER_BATCH, lr_scaling="none", lr_scale=1.0,
+            base_lr=solver.BASE_LR, warmup_iters=solver.WARMUP_ITERS, warmup_factor=solver.WARMUP_FACTOR,
+            steps=tuple(solver.STEPS), gamma=solver.GAMMA, max_iter=solver.MAX_ITER,
+            checkpoint_period=solver.CHECKPOINT_PERIOD, eval_period=cfg.TEST.EVAL_PERIOD,
+            backbone_freeze_iters=freeze.ITERS, given=None,
+        )
 
     def rows(self):
         """(what, value) pairs: the start-of-training log and the run report show these."""
-        per_process = per_process_batch(self.ims_per_batch, self.world_size, self.accumulation_steps)
         ipe = self.iters_per_epoch
 
         def iters(n):
             return f"{n} ({self.epochs(n)})"
 
-        return [
+        if self.world_size is None:
+            batch = (f"{self.ims_per_batch} images per optimizer step ({self.accumulation_steps} "
+                     "accumulation step(s))")
+            lr = f"{self.base_lr:g}"
+        else:
+            per_process = per_process_batch(self.ims_per_batch, self.world_size, self.accumulation_steps)
+            batch = (f"{self.ims_per_batch} images per optimizer step = {self.world_size} process(es) x "
+                     f"{per_process} image(s) x {self.accumulation_steps} accumulation step(s)")
+            lr = (f"{self.base_lr:g} (= config LR x {self.lr_scale:g}: {self.lr_scaling} scaling "
+                  f"from reference batch {self.reference_ims_per_batch} to {self.ims_per_batch})")
+        rows = [
             ("training images after filtering", self.dataset_size),
-            ("global batch", f"{self.ims_per_batch} images per optimizer step = {self.world_size} "
-                             f"process(es) x {per_process} image(s) x {self.accumulation_steps} "
-                             "accumulation step(s)"),
+            ("global batch", batch),
             ("iterations per epoch", f"{ipe:.2f}" if ipe else "unknown"),
             ("warmup iterations", f"{iters(self.warmup_iters)} from {self.warmup_factor} x LR"),
             (f"LR steps (x{self.gamma})", ", ".join(iters(s) for s in self.steps) or "none"),
             ("max iterations", iters(self.max_iter)),
-            ("base LR", f"{self.base_lr:g} (= config LR x {self.lr_scale:g}: {self.lr_scaling} scaling "
-                        f"from reference batch {self.reference_ims_per_batch} to {self.ims_per_batch})"),
+            ("base LR", lr),
             ("backbone frozen, iterations", iters(self.backbone_freeze_iters)),
             ("checkpoints", f"every {self.checkpoint_period} iterations"),
             ("evaluation", f"every {self.eval_period} iterations" if self.eval_period else "at the end only"),
-            ("used as given", ", ".join(f"{k} ({where})" for k, where in self.given.items()) or "nothing"),
         ]
+        if self.given is not None:
+            rows.append(("used as given", ", ".join(f"{k} ({where})" for k, where in self.given.items()) or "nothing"))
+        return rows
 
     def format(self) -> str:
         """The schedule as logged at the start of training."""
@@ -102,9 +118,10 @@ def resolve_training_schedule(cfg, world_size: int, dataset_size: Optional[int],
 
     dataset_size: the number of training images after filtering (epochs need it; in iteration
     mode it is only reported).
-    explicit: key -> where the user set it (config.explicit_config_keys). Those values are used
+    explicit: key -> where the user set it (config.command_line_keys). Those values are used
     exactly; derivations (epochs to iterations, scaling to another batch) fill only the others,
-    and each derivation an explicit value stops is noted in `schedule.notes`.
+    and each derivation an explicit value stops is noted in `schedule.notes`
+    (config.SCHEDULE_SCALING_RULE).
     """
     explicit = dict(explicit or {})
     notes = []

@@ -89,23 +89,6 @@ def atomic_write_json(path: str, data) -> None:
         f.write(json_text(data))
 
 
-def set_local_process_group(local_size: int) -> None:
-    """Create the per-machine process groups that detectron2's comm.get_local_rank/_size answer
-    from (every process calls this, after init_process_group). Upstream detectron2 has
-    comm.create_local_process_group for it; v0.6 only has the module attribute its launch sets."""
-    import torch.distributed as dist
-    from detectron2.utils import comm
-
-    if hasattr(comm, "create_local_process_group"):
-        comm.create_local_process_group(local_size)
-        return
-    world, rank = dist.get_world_size(), dist.get_rank()
-    for machine in range(world // local_size):
-        group = dist.new_group(list(range(machine * local_size, (machine + 1) * local_size)))
-        if machine == rank // local_size:
-            comm._LOCAL_PROCESS_GROUP = group
-
-
 def cpus_per_local_process() -> int:
     """This machine's cores divided by the run's processes on it: the size of a process's worker
     pools (dataset parsing, evaluation), so N processes do not each start one worker per core."""

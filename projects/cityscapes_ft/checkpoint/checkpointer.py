@@ -1,5 +1,6 @@
-"""DetectionCheckpointer that transfers class-specific head rows by a class map and reports what
-it loaded."""
+"""DetectionCheckpointer that transfers class-specific head rows by a class map, checks the
+file's SHA-256 and reports what it loaded."""
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -9,7 +10,14 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.data import MetadataCatalog
 
-from ..errors import CheckpointUnreadable, ConfigNotRunnable, OutputNotWritable, WeightsDoNotFit
+from ..compat import forget_failed_load
+from ..errors import (
+    CheckpointUnreadable,
+    ConfigNotRunnable,
+    OutputNotWritable,
+    WeightsDigestMismatch,
+    WeightsDoNotFit,
+)
 from .atomic_io import AtomicWritePathManager
 from .head_transfer import resolve_class_map, transfer_class_rows
 
@@ -68,6 +76,9 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
         self.source_classes = list(source_classes)
         self.target_classes = list(target_classes)
         self.last_load_report: Optional[LoadReport] = None
+        # SHA-256 of the last file loaded; the digest (or prefix) the next load must match ("" none)
+        self.last_sha256: Optional[str] = None
+        self.expected_sha256 = ""
         self._loading = ""
         if self.class_map:
             # Validate names up front: a wrong map fails before any training starts.
@@ -85,14 +96,21 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
         try:
             return super().load(path, *args, **kwargs)
         except CheckpointUnreadable:
-            # Upstream detectron2's DetectionCheckpointer.load keeps the URL of the load under way
-            # in this attribute and asserts it is clear at the next load; a failed read leaves it
-            # set. Cleared here so that --resume can go on to an older checkpoint.
-            if getattr(self, "_parsed_url_during_load", None) is not None:
-                self._parsed_url_during_load = None
+            forget_failed_load(self)  # so that --resume can go on to an older checkpoint
             raise
 
     def _load_file(self, f):
+        digest = file_sha256(f)
+        self.last_sha256 = digest
+        logger.info(f"SHA-256 of {f}: {digest}")
+        expected = self.expected_sha256.lower()
+        if expected and not digest.startswith(expected):
+            raise WeightsDigestMismatch(
+                f"{self._loading} ({f}) has SHA-256 {digest}, but MODEL.WEIGHTS_SHA256 pins {expected}: "
+                f"the file is corrupted or not the one pinned. Delete {f} and download it again (a "
+                "detectron2:// file is fetched anew once its cached copy is gone), or correct "
+                "MODEL.WEIGHTS_SHA256"
+            )
         try:
             return super()._load_file(f)
         except (FileNotFoundError, IsADirectoryError):
@@ -191,6 +209,15 @@ class CityscapesFTCheckpointer(DetectionCheckpointer):
                 "or pass weights made for this model"
             )
         return incompatible
+
+
+def file_sha256(path: str) -> str:
+    """The hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def source_classes_from_cfg(cfg) -> List[str]:

@@ -35,21 +35,60 @@ from ..utils import atomic_open, cpus_per_local_process
 
 logger = logging.getLogger(__name__)
 
+
+def cityscapes_label_ids(class_names) -> List[int]:
+    """The Cityscapes label id (cityscapesscripts' labels) of each class name."""
+    unknown = [n for n in class_names if n not in name2label]
+    if unknown:
+        raise CityscapesDataError(f"Not Cityscapes labels (cityscapesscripts' labels): {unknown}")
+    return [name2label[n].id for n in class_names]
+
+
 # The 8 classes of the Cityscapes instance-level benchmark (hasInstances and not ignoreInEval), in
 # label-id order, which is the order detectron2 and the official scripts use.
 CITYSCAPES_FRAME = (1024, 2048)  # height, width of every Cityscapes image
 CITYSCAPES_THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
-CITYSCAPES_THING_LABEL_IDS = [name2label[n].id for n in CITYSCAPES_THING_CLASSES]
+CITYSCAPES_THING_LABEL_IDS = cityscapes_label_ids(CITYSCAPES_THING_CLASSES)
 CITYSCAPES_THING_COLORS = [list(name2label[n].color) for n in CITYSCAPES_THING_CLASSES]
 CITYSCAPES_LAYOUT = (
     "{root}/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png and "
     "{root}/gtFine/{split}/<city>/<city>_<seq>_<frame>_gtFine_polygons.json"
 )
+IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
 def cityscapes_root() -> str:
     """`$DETECTRON2_DATASETS/cityscapes`, `./datasets/cityscapes` by default (read at call time)."""
     return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "cityscapes")
+
+
+def gtfine_file(image_file: str, kind: str, gt_dir: Optional[str] = None) -> str:
+    """gtFine's `kind` file ("polygons.json", "instanceIds.png", "labelIds.png") of a leftImg8bit
+    image: `<gt_dir>/<city>/<stem>_gtFine_<kind>`. Without `gt_dir`, the image's split under gtFine/
+    in the Cityscapes layout: <root>/leftImg8bit/<split>/<city>/ -> <root>/gtFine/<split>/."""
+    city_dir, name = os.path.split(image_file)
+    if not name.endswith(IMAGE_SUFFIX):
+        raise CityscapesDataError(
+            f"{image_file} is not named as a Cityscapes image (<city>_<seq>_<frame>{IMAGE_SUFFIX}):"
+            f" its gtFine {kind} cannot be found"
+        )
+    if gt_dir is None:
+        split_dir = os.path.dirname(city_dir)
+        root = os.path.dirname(os.path.dirname(split_dir))
+        gt_dir = os.path.join(root, "gtFine", os.path.basename(split_dir))
+    stem = name[: -len(IMAGE_SUFFIX)]
+    return os.path.join(gt_dir, os.path.basename(city_dir), f"{stem}_gtFine_{kind}")
+
+
+def thing_label_ids(metadata) -> List[int]:
+    """The Cityscapes label id of each contiguous class of a dataset: from its
+    `thing_dataset_id_to_contiguous_id` (ours), else from its class names (detectron2's
+    cityscapes_fine_instance_seg_* have no such map)."""
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    if not id_map:
+        return cityscapes_label_ids(metadata.thing_classes)
+    to_label = {v: k for k, v in id_map.items()}
+    return [to_label[i] for i in range(len(metadata.thing_classes))]
 
 
 @dataclass
@@ -79,7 +118,7 @@ def list_cityscapes_files(root: str, split: str, problems: Optional[List[str]] =
     for folder in (image_dir, gt_dir):
         if not os.path.isdir(folder):
             raise CityscapesDataError(f"Cityscapes folder not found: {folder}. {hint}")
-    suffix = "_leftImg8bit.png"
+    suffix = IMAGE_SUFFIX
     files = []
     for city in sorted(os.listdir(image_dir)):
         city_dir = os.path.join(image_dir, city)
@@ -88,20 +127,20 @@ def list_cityscapes_files(root: str, split: str, problems: Optional[List[str]] =
         for name in sorted(os.listdir(city_dir)):
             if not name.endswith(suffix):
                 continue
-            stem = name[: -len(suffix)]
-            polygons = os.path.join(gt_dir, city, stem + "_gtFine_polygons.json")
+            image_file = os.path.join(city_dir, name)
+            polygons = gtfine_file(image_file, "polygons.json", gt_dir)
             if not os.path.isfile(polygons):
                 _report(problems, CityscapesDataError(
-                    f"Annotation file missing for image {os.path.join(city_dir, name)}: "
+                    f"Annotation file missing for image {image_file}: "
                     f"expected {polygons}"
                 ))
                 continue
             files.append(
                 CityscapesFile(
-                    image_file=os.path.join(city_dir, name),
+                    image_file=image_file,
                     polygons_file=polygons,
-                    instance_ids_file=os.path.join(gt_dir, city, stem + "_gtFine_instanceIds.png"),
-                    image_id=stem,
+                    instance_ids_file=gtfine_file(image_file, "instanceIds.png", gt_dir),
+                    image_id=name[: -len(suffix)],
                 )
             )
     images = {f.polygons_file for f in files}

@@ -16,6 +16,7 @@ from .cityscapes import (
     load_cityscapes_ft_instances,
     load_cityscapes_images,
 )
+from .foggy import FOGGY_BETAS, foggy_dataset_name, load_foggy_cityscapes_instances
 
 EVALUATOR_TYPE = "cityscapes_ft_instance"
 CITYSCAPES_FT_SPLITS = {
@@ -26,13 +27,14 @@ CITYSCAPES_FT_SPLITS = {
 SPLITS_WITHOUT_ANNOTATIONS = ("test",)
 
 
-def register_cityscapes_ft_instances(name: str, split: str, root=None):
+def register_cityscapes_ft_instances(name: str, split: str, root=None, load=None):
     """Register one Cityscapes-format split under `name` (the test split: its images only).
 
     `root` is the folder holding leftImg8bit/ and gtFine/; None means `$DETECTRON2_DATASETS/cityscapes`
     resolved when the dataset is loaded.
     """
-    load = load_cityscapes_images if split in SPLITS_WITHOUT_ANNOTATIONS else load_cityscapes_ft_instances
+    if load is None:
+        load = load_cityscapes_images if split in SPLITS_WITHOUT_ANNOTATIONS else load_cityscapes_ft_instances
     DatasetCatalog.register(
         name, lambda split=split, root=root, load=load: load(root if root is not None else cityscapes_root(), split)
     )
@@ -48,7 +50,15 @@ def register_cityscapes_ft_instances(name: str, split: str, root=None):
 
 
 def register_all_cityscapes_ft():
-    """Register cityscapes_ft_instance_{train,val,test} unless already registered."""
+    """Register cityscapes_ft_instance_{train,val,test} and the Foggy Cityscapes val densities
+    (cityscapes_ft_instance_val_foggy_beta_<beta>) unless already registered."""
     for name, split in CITYSCAPES_FT_SPLITS.items():
         if name not in DatasetCatalog.list():
             register_cityscapes_ft_instances(name, split)
+    for beta in FOGGY_BETAS:
+        name = foggy_dataset_name("val", beta)
+        if name not in DatasetCatalog.list():
+            # the images from leftImg8bit_foggy/ (checked when loaded), gtFine's annotations
+            register_cityscapes_ft_instances(
+                name, "val", load=lambda root, split, beta=beta: load_foggy_cityscapes_instances(root, split, beta))
+            MetadataCatalog.get(name).set(fog_beta=beta)

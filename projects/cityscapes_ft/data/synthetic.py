@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from shapely.geometry import Polygon, box
 
 from .cityscapes import CITYSCAPES_THING_CLASSES
+from .foggy import make_foggy_copy
 
 SPLIT_CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt", "lindau"], "test": ["berlin"]}
 
@@ -285,11 +286,15 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detail", type=int, default=0,
                         help="extra points per polygon edge (real gtFine outlines are detailed)")
+    parser.add_argument("--foggy", action="store_true",
+                        help="also write a Foggy Cityscapes copy of the val images (leftImg8bit_foggy/)")
     args = parser.parse_args(argv)
     if args.width < 64 or args.height < 32:
         parser.error("--width must be at least 64 and --height at least 32")
     make_synthetic_cityscapes(args.output, args.num_train, args.num_val, args.width, args.height, args.seed,
                               detail=args.detail)
+    if args.foggy:
+        make_foggy_copy(args.output, "val")
     print(f"Wrote synthetic Cityscapes to {args.output}; use it with "
           f"DETECTRON2_DATASETS={os.path.dirname(os.path.abspath(args.output))}")
 

@@ -1,13 +1,12 @@
 """The training set as the training loader samples it."""
-import inspect
 import logging
 import os
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.build import filter_images_with_only_crowd_annotations, print_instances_class_histogram
-from detectron2.data.samplers import RepeatFactorTrainingSampler
 
+from ..compat import repeat_factors_from_category_frequency
 from .cityscapes import cityscapes_root, load_cityscapes_ft_instances
 from ..utils import atomic_write_json
 from .register import EVALUATOR_TYPE
@@ -48,11 +47,9 @@ def training_repeat_factors(cfg, dicts):
     this detectron2 has it); otherwise None."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "RepeatFactorTrainingSampler":
         return None
-    compute = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency
-    kwargs = {}
-    if "sqrt" in inspect.signature(compute).parameters and "REPEAT_SQRT" in cfg.DATALOADER:
-        kwargs["sqrt"] = cfg.DATALOADER.REPEAT_SQRT
-    return compute(dicts, cfg.DATALOADER.REPEAT_THRESHOLD, **kwargs)
+    return repeat_factors_from_category_frequency(
+        dicts, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.get("REPEAT_SQRT", True)
+    )
 
 
 def training_class_counts(dicts, class_names, repeat_factors=None):

@@ -10,12 +10,11 @@ import torch
 from detectron2.data import transforms as T
 from fvcore.nn import ActivationCountAnalysis, flop_count_table, parameter_count, parameter_count_table
 
-from ..checkpoint import build_checkpointer
+from ..checkpoint import load_model
 from ..checks import check_config_runnable
 from ..data import CITYSCAPES_FRAME, CityscapesDataError
-from ..detectron2_export import import_detectron2_analysis, import_detectron2_export
+from ..compat import import_detectron2_analysis, import_detectron2_export
 from ..errors import WeightsNotAvailable
-from ..weights import load_weights_or_explain
 from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger(__name__)
@@ -27,14 +26,12 @@ def load_model_for_analysis(cfg, need_weights: bool):
     """cfg's model in eval mode; with need_weights, cfg.MODEL.WEIGHTS loaded as training would
     load it. Weights that cannot be had (no network, no file) leave the model as initialised, with
     a warning: only the mask head's counts depend on them (through how many instances it finds)."""
-    model = CityscapesFTTrainer.build_model(cfg)
-    if need_weights and cfg.MODEL.WEIGHTS:
-        try:
-            load_weights_or_explain(lambda: build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
-        except WeightsNotAvailable as e:
-            logger.warning(f"{e} -- counting with the model as initialised: parameters and the backbone, RPN "
-                           "and box head are counted exactly; the mask head runs on as many instances as it finds")
-    return model.eval()
+    try:
+        return load_model(cfg, cfg.MODEL.WEIGHTS if need_weights else "", strict=False)
+    except WeightsNotAvailable as e:
+        logger.warning(f"{e} -- counting with the model as initialised: parameters and the backbone, RPN "
+                       "and box head are counted exactly; the mask head runs on as many instances as it finds")
+        return load_model(cfg, "", strict=False)
 
 
 def analysis_inputs(cfg, num_inputs: int, dataset: str = None) -> Tuple[List[Dict], str]:

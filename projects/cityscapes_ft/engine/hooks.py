@@ -3,7 +3,9 @@ import logging
 
 from detectron2.engine import HookBase, hooks
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
+from .ddp import wrap_for_distributed
 from .optimizer import MODEL_PARTS, backbone_modules
 
 logger = logging.getLogger(__name__)
@@ -18,7 +20,7 @@ class StagedBackboneFreeze(HookBase):
     them stop updating statistics; the parameters stay bit-identical. The optimizer already holds
     them in their own parameter groups (built before freezing), so after the switch they train at
     their own LR. DistributedDataParallel fixes its parameter set when it wraps the model, so the
-    trainer re-wraps it at each change. The state follows the iteration, so --resume before or
+    hook re-wraps the trainer's `model` at each change. The state follows the iteration, so --resume before or
     after the switch continues in the right phase; layers frozen by MODEL.BACKBONE.FREEZE_AT
     stay frozen."""
 
@@ -76,7 +78,8 @@ class StagedBackboneFreeze(HookBase):
         for m in self._batch_norms:
             m.train(not frozen and self.trainer.model.training)
         self.frozen = frozen
-        self.trainer.rewrap_model_for_distributed()
+        if isinstance(self.trainer.model, DistributedDataParallel):
+            self.trainer.model = wrap_for_distributed(self.trainer.model)
         n = sum(p.numel() for p in self._params)
         if frozen:
             logger.info(

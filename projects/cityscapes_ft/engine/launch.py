@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..errors import EXIT_USER_ERROR, CityscapesFTError, ConfigNotRunnable
-from ..utils import set_local_process_group
+from ..compat import create_local_process_group
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -191,7 +191,7 @@ def _join_job(place: ProcessPlace, timeout):
         backend, init_method=place.init_method, world_size=place.world_size, rank=place.rank,
         timeout=timeout,
     )
-    set_local_process_group(place.local_size)
+    create_local_process_group(place.local_size)
     dist.barrier()
 
 

@@ -3,7 +3,8 @@ norms), so each part has its own LR multiplier and norms/biases their own weight
 from collections import OrderedDict
 
 import torch
-from detectron2.solver.build import maybe_add_gradient_clipping
+
+from .ddp import unwrap
 
 MODEL_PARTS = ("backbone", "fpn", "heads")
 NORM_TYPES = (
@@ -12,11 +13,6 @@ NORM_TYPES = (
     torch.nn.LayerNorm,
     torch.nn.LocalResponseNorm,
 )
-
-
-def unwrap(model):
-    """The model inside a DistributedDataParallel wrapper, or the model itself."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def backbone_modules(model, include_fpn: bool):
@@ -75,11 +71,28 @@ def layerwise_param_groups(cfg, model):
 
 
 def build_layerwise_optimizer(cfg, model) -> torch.optim.Optimizer:
-    """SGD (with detectron2's optional gradient clipping) over layerwise_param_groups."""
-    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+    """SGD over layerwise_param_groups (gradient clipping: `clip_gradients`, before each step)."""
+    return torch.optim.SGD(
         layerwise_param_groups(cfg, model),
         lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
+
+
+def clip_gradients(optimizer, clip_cfg) -> None:
+    """detectron2's SOLVER.CLIP_GRADIENTS (each parameter's gradient clipped by value, or by its
+    norm), on the parameters that have a gradient. detectron2 v0.6's clipping optimizer passes every
+    parameter of its groups, and torch 2.14's clip_grad_value_ refuses one without a gradient: the
+    backbone's, while staged freezing holds it."""
+    if not clip_cfg.ENABLED:
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if clip_cfg.CLIP_TYPE == "value":
+                torch.nn.utils.clip_grad_value_(p, clip_cfg.CLIP_VALUE)
+            else:
+                torch.nn.utils.clip_grad_norm_(p, clip_cfg.CLIP_VALUE, clip_cfg.NORM_TYPE)

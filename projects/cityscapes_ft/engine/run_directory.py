@@ -1,5 +1,4 @@
-"""What a run owns in its OUTPUT_DIR: one run at a time, no half-written leftovers, and nothing of
-the previous run replaced before this one has really started."""
+"""What a run owns in its OUTPUT_DIR: one run at a time, and no half-written leftovers."""
 import fcntl
 import json
 import logging
@@ -10,7 +9,7 @@ import sys
 import time
 
 from ..errors import OutputDirInUse
-from ..utils import ATOMIC_TMP_PATTERN, atomic_open
+from ..utils import ATOMIC_TMP_PATTERN
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".cityscapes_ft_run.lock"
@@ -23,15 +22,11 @@ class RunDirectory:
 
     claim(): takes an exclusive lock (a second run into the folder is refused, naming the
     holder's process and host; the kernel drops the lock of a dead process, whose leftover record
-    is taken over with a warning), then removes what killed runs left half-written.
-    stage(name, text) / commit(): files that describe the run (config.yaml, schedule.json) are
-    kept in memory and written only when the run has started (its weights loaded), so a start
-    that fails leaves the previous run's files as they were."""
+    is taken over with a warning), then removes what killed runs left half-written."""
 
     def __init__(self, output_dir: str):
         self.output_dir = os.path.abspath(output_dir)
         self._lock = None
-        self._staged = {}
 
     @property
     def lock_path(self):
@@ -87,17 +82,6 @@ class RunDirectory:
                         os.rename(path, final)
                     dirs.remove(name)
 
-    def stage(self, name: str, text: str):
-        """Keep `text` to be written as OUTPUT_DIR/`name` at commit()."""
-        self._staged[name] = text
-
-    def commit(self):
-        """Write the staged files, each atomically."""
-        for name, text in self._staged.items():
-            with atomic_open(os.path.join(self.output_dir, name)) as f:
-                f.write(text)
-        self._staged.clear()
-
     def release(self):
         """Clear the holder record and drop the lock."""
         if self._lock is not None:
@@ -145,13 +129,6 @@ def hold_output_dir(output_dir: str) -> RunDirectory:
     if key not in _held:
         _held[key] = RunDirectory(output_dir).claim()
     return _held[key]
-
-
-def commit_run_files(output_dir: str):
-    """The run has loaded its weights: write the files it staged (no-op where not held)."""
-    held = _held.get(os.path.abspath(output_dir))
-    if held is not None:
-        held.commit()
 
 
 def release_output_dir(output_dir: str):

@@ -3,9 +3,10 @@ import logging
 
 from detectron2.evaluation import inference_on_dataset
 
+from ..checkpoint import load_model
 from ..checks import check_config_runnable
 from ..evaluation.submission import CityscapesSubmissionWriter
-from .trainer import CityscapesFTTrainer, build_trained_model
+from .trainer import CityscapesFTTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ def make_submission(cfg, split: str, output_dir: str):
     folder and zip under output_dir. Returns the summary on the main process."""
     check_config_runnable(cfg)
     dataset = f"cityscapes_ft_instance_{split}"
-    model = build_trained_model(cfg)
+    model = load_model(cfg, strict=True)
     writer = CityscapesSubmissionWriter(dataset, output_dir)
     results = inference_on_dataset(model, CityscapesFTTrainer.build_test_loader(cfg, dataset), writer)
     return results.get("submission") if results else None

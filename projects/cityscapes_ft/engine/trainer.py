@@ -1,73 +1,43 @@
-"""The cityscapes-ft trainer: detectron2's DefaultTrainer with our mapper, evaluator and fixes."""
-import contextlib
-import gc
+"""The cityscapes-ft trainer: a detectron2 TrainerBase that builds its parts openly, as
+DefaultTrainer does, with our loader, optimizer, step and hooks."""
 import logging
 import os
 import random
 import weakref
 from collections import OrderedDict
 
-import detectron2.engine.defaults as detectron2_defaults
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import TrainerBase, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
-from detectron2.modeling import GeneralizedRCNNWithTTA
+from detectron2.modeling import GeneralizedRCNNWithTTA, build_model
+from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
-from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import CityscapesFTCheckpointer, build_checkpointer
+from ..checkpoint import build_checkpointer, file_sha256, load_weights
 from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
+from ..compat import run_after_backward_hooks, write_step_metrics
 from ..data import build_mapper, log_training_set, training_dataset_dicts, training_repeat_factors
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
-from ..errors import CheckpointUnreadable, TrainingDiverged, WeightsNotAvailable
-from ..evaluation import CityscapesInstanceSegEvaluator, format_results_tables
+from ..errors import CheckpointUnreadable, TrainingDiverged
+from ..evaluation import build_evaluator, flat_metric_tasks, format_results_tables
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
-from ..weights import load_weights_or_explain
+from .ddp import wrap_for_distributed
 from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
-from .optimizer import build_layerwise_optimizer
+from .optimizer import build_layerwise_optimizer, clip_gradients
 from .run_directory import STAGING_SUFFIX, replace_directory, staging_directory
-from .train_loop import GradientAccumulationTrainer
+from .stopping import build_stopping_hooks
+from .tracking import TrackingRun, build_tracking_writers
+from .train_loop import GradientAccumulationStep
 
 logger = logging.getLogger(__name__)
-
-
-def wrap_for_distributed(model):
-    """detectron2's create_ddp_model, for CUDA and for CPU (gloo) models: detectron2 passes
-    device_ids=[local rank] unconditionally, which DistributedDataParallel refuses for CPU."""
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    return create_ddp_model(
-        model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
-    )
-
-
-@contextlib.contextmanager
-def _ddp_accepts_cpu_models():
-    """While DefaultTrainer.__init__ runs, its module-level create_ddp_model wraps CPU models
-    without device_ids (see wrap_for_distributed); it is put back afterwards."""
-    original = detectron2_defaults.create_ddp_model
-    detectron2_defaults.create_ddp_model = lambda model, **kwargs: wrap_for_distributed(model)
-    try:
-        yield
-    finally:
-        detectron2_defaults.create_ddp_model = original
-
-
-def restart_data_stream(simple_trainer):
-    """Make the next run_step draw from a new iterator over the trainer's data loader: upstream
-    detectron2's public SimpleTrainer.reset_data_loader; v0.6 has none and keeps the iterator in
-    `_data_loader_iter`, which upstream turned into a read-only property."""
-    loader = simple_trainer.data_loader
-    if hasattr(simple_trainer, "reset_data_loader"):
-        simple_trainer.reset_data_loader(lambda: loader)
-    else:
-        simple_trainer._data_loader_iter = iter(loader)
 
 
 class BestCheckpointerWithState(hooks.BestCheckpointer):
@@ -83,91 +53,86 @@ class BestCheckpointerWithState(hooks.BestCheckpointer):
         self.best_iter = state_dict.get("best_iter")
 
 
-class CityscapesFTTrainer(DefaultTrainer):
-    """DefaultTrainer with the Cityscapes mapper, loader and evaluator, and the training recipe:
+class CityscapesFTTrainer(TrainerBase):
+    """Trains a detectron2 model as DefaultTrainer does (the same classmethods to override:
+    build_model, build_optimizer, build_lr_scheduler, build_train_loader, build_test_loader,
+    build_evaluator, test; `build_hooks`; `resume_or_load`; `train`), with the training recipe:
 
     - layer-wise LR and weight decay per parameter kind (`build_optimizer`);
     - staged backbone freezing (`StagedBackboneFreeze`);
-    - gradient accumulation and AMP (`GradientAccumulationTrainer`);
-    - exact resume: checkpoints keep the optimizer (and AMP grad scaler), which v0.6 drops, the
-      data stream's position and the best checkpoint's score; the random generators of each step
-      are seeded from (run seed, rank, iteration), so a resumed run draws what the uninterrupted
-      one would have;
+    - gradient accumulation and AMP (`GradientAccumulationStep`);
+    - exact resume: checkpoints keep the optimizer (and AMP grad scaler), the data stream's
+      position and the best checkpoint's score; the random generators of each step are seeded
+      from (run seed, rank, iteration), so a resumed run draws what the uninterrupted one would;
     - CPU distributed training (gloo).
 
-    The config it gets is already resolved (engine.defaults.setup_cfg): the schedule is in
-    iterations at the run's batch."""
+    `__init__` builds the parts in the open: model, optimizer, loader, the DDP wrapper, the step,
+    the LR scheduler and the checkpointer. The config it gets is already resolved
+    (engine.defaults.setup_cfg): the schedule is in iterations at the run's batch."""
 
     def __init__(self, cfg):
+        super().__init__()
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
         check_schedule_resolved(cfg, comm.get_world_size())
-        self.cfg = cfg  # the two setters below need it while DefaultTrainer.__init__ runs
-        with _ddp_accepts_cpu_models():
-            super().__init__(cfg)
+        self.cfg = cfg
+        model = self.build_model(cfg)
+        self.optimizer = self.build_optimizer(cfg, model)
+        self.data_loader = self.build_train_loader(cfg)
+        self.model = wrap_for_distributed(model)
+        self.model.train()
+        self.step = GradientAccumulationStep(
+            self.optimizer, accumulation_steps=cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS,
+            amp=cfg.SOLVER.AMP.ENABLED,
+            clip_gradients=lambda optimizer: clip_gradients(optimizer, cfg.SOLVER.CLIP_GRADIENTS),
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        self.checkpointer = build_checkpointer(cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
         # The stream's seed (cfg.SEED, or one drawn for the run and kept in its checkpoints).
         self.run_seed = self.data_loader.seed
+        self._batches = None  # the iterator over data_loader; made at the first step
+        self._last_eval_results = None
+        # The starting point (MODEL.WEIGHTS) and its SHA-256, kept in checkpoints and eval records.
+        self.init_weights = {"path": cfg.MODEL.WEIGHTS, "sha256": None}
+        self.register_hooks(self.build_hooks())
 
-    # DefaultTrainer.__init__ builds a SimpleTrainer (AMPTrainer) and a DetectionCheckpointer and
-    # has no method to override for either; these setters turn what it assigns into ours, with
-    # the same model, data loader, optimizer, folder and checkpointables.
-    @property
-    def _trainer(self):
-        return self.__dict__["_trainer"]
-
-    @_trainer.setter
-    def _trainer(self, inner):
-        if not isinstance(inner, GradientAccumulationTrainer):
-            inner = GradientAccumulationTrainer(
-                inner.model, inner.data_loader, inner.optimizer,
-                accumulation_steps=self.cfg.CITYSCAPES_FT.GRADIENT_ACCUMULATION_STEPS,
-                amp=self.cfg.SOLVER.AMP.ENABLED,
-            )
-        self.__dict__["_trainer"] = inner
-
-    @property
-    def checkpointer(self):
-        return self.__dict__["checkpointer"]
-
-    @checkpointer.setter
-    def checkpointer(self, checkpointer):
-        if not isinstance(checkpointer, CityscapesFTCheckpointer):
-            checkpointer = build_checkpointer(
-                self.cfg, checkpointer.model, checkpointer.save_dir, **checkpointer.checkpointables
-            )
-        self.__dict__["checkpointer"] = checkpointer
-
-    # Checkpoints hold the inner trainer's state (optimizer momentum, AMP grad scaler) and the
-    # data stream's position and seed.
+    # ---- checkpointed state -------------------------------------------------------------------
     def state_dict(self):
+        """TrainerBase's (iteration, hooks) plus the step's state under "_trainer" (as detectron2's
+        trainers keep the optimizer), the data stream's position and the run seed."""
         state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()
-        if hasattr(self.data_loader, "state_dict"):
-            state["data"] = self.data_loader.state_dict()
+        state["_trainer"] = self.step.state_dict()
+        state["data"] = self.data_loader.state_dict()
         state["run_seed"] = self.run_seed
+        state["init_weights"] = self.init_weights
         return state
 
     def load_state_dict(self, state_dict):
+        """Restores state_dict(); checkpoints of detectron2's own trainers resume too (their LR
+        hook's name; v0.6's without optimizer state resume with fresh momentum)."""
         hook_states = state_dict.get("hooks", {})
         if "LRScheduler" in hook_states and "LayerwiseLRScheduler" not in hook_states:
-            # A checkpoint of detectron2's own trainer: same scheduler state, its hook's name.
             hook_states["LayerwiseLRScheduler"] = hook_states.pop("LRScheduler")
+        super().load_state_dict(state_dict)
         inner = state_dict.get("_trainer")
         if inner is None:
             logger.warning("Checkpoint has no optimizer state (made by plain detectron2 v0.6?): "
                            "resuming with fresh momentum")
-        # Upstream detectron2's DefaultTrainer.load_state_dict reads state_dict["_trainer"]
-        # unconditionally; the inner trainer's state is loaded here, leniently, instead.
-        TrainerBase.load_state_dict(self, {k: v for k, v in state_dict.items() if k != "_trainer"})
-        if inner is not None:
+        else:
             try:
-                self._trainer.load_state_dict(inner)
+                self.step.load_state_dict(inner)
             except ValueError as e:  # parameter groups of another optimizer layout
                 logger.warning(f"The checkpoint's optimizer state does not fit this optimizer ({e}): "
                                "resuming with fresh momentum")
-        if "data" in state_dict and hasattr(self.data_loader, "load_state_dict"):
+        if "data" in state_dict:
             self.data_loader.load_state_dict(state_dict["data"])
         else:
             logger.warning("Checkpoint has no data-stream position: the data order starts over")
         self.run_seed = state_dict.get("run_seed", self.run_seed)
+        self.init_weights = state_dict.get("init_weights", self.init_weights)
+        self._batches = None  # the stream restarts from the position loaded
 
     def resume_or_load(self, resume=True):
         """With `resume` and a checkpoint in OUTPUT_DIR: the newest checkpoint that can be read,
@@ -179,10 +144,9 @@ class CityscapesFTTrainer(DefaultTrainer):
             self._load_newest_readable_checkpoint()
             self.start_iter = self.iter + 1
         else:
-            self.checkpointer.strict = False
-            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
-        # The stream restarts from the position that the checkpoint (if any) stored.
-        restart_data_stream(self._trainer)
+            load_weights(self.checkpointer, self.cfg.MODEL.WEIGHTS, strict=False, checkpointables=[],
+                         sha256=self.cfg.MODEL.WEIGHTS_SHA256)
+            self.init_weights = {"path": self.cfg.MODEL.WEIGHTS, "sha256": self.checkpointer.last_sha256}
         final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
         if resume and self.start_iter >= self.max_iter and comm.is_main_process() and not os.path.isfile(final):
             logger.info(f"The run had finished but {final} is missing: writing it")
@@ -202,14 +166,13 @@ class CityscapesFTTrainer(DefaultTrainer):
         others = [os.path.join(checkpointer.save_dir, f) for f in os.listdir(checkpointer.save_dir)
                   if f.startswith("model_") and f.endswith(".pth") and iteration(f) >= 0]
         skipped = []
-        checkpointer.strict = True
         for path in [tagged] + sorted(set(others) - {tagged}, key=iteration, reverse=True):
             if not os.path.isfile(path):
                 logger.warning(f"last_checkpoint names {path}, which does not exist: skipping it")
                 skipped.append(path)
                 continue
             try:
-                checkpointer.load(path)
+                load_weights(checkpointer, path, strict=True)
             except CheckpointUnreadable as e:
                 logger.warning(f"--resume: skipping {path}: {e}")
                 skipped.append(path)
@@ -223,17 +186,40 @@ class CityscapesFTTrainer(DefaultTrainer):
             f"{', '.join(skipped)}). Restore one, or start over without --resume"
         )
 
-    def rewrap_model_for_distributed(self):
-        """Wrap the model in a new DistributedDataParallel, which takes the parameters that
-        require a gradient now (DDP fixes that set when it wraps)."""
-        old = self._trainer.model
-        if not isinstance(old, DistributedDataParallel):
-            return
-        module = old.module
-        self._trainer.model = None
-        del old
-        gc.collect()  # the old wrapper's reducer hooks must be gone before the next backward
-        self._trainer.model = wrap_for_distributed(module)
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(self):
+        """Train from start_iter to max_iter, or until a hook calls `request_stop`; returns the
+        last evaluation's results (or None). TrainerBase.train's loop, written openly (as
+        detectron2's tools/plain_train_net.py does) for the stop."""
+        logger.info(f"Starting training from iteration {self.start_iter}")
+        self.iter = self.start_iter
+        self.stop_reason = None
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(self.start_iter, self.max_iter):
+                    if self.stop_reason:  # a hook stopped the run before it (re)started
+                        break
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self.stop_reason:  # after the iteration's hooks: its checkpoint, its records
+                        break
+                else:
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        return self._last_eval_results
+
+    def request_stop(self, reason: str):
+        """Ends training after the current iteration (all its hooks run); `reason` is logged.
+        Every process must ask at the same iteration (hooks decide from what all processes have)."""
+        if not self.stop_reason:
+            logger.info(f"Stopping training: {reason}")
+        self.stop_reason = reason
 
     def seed_step(self):
         """Seed torch, numpy and python random generators from (run seed, rank, iteration)."""
@@ -243,40 +229,45 @@ class CityscapesFTTrainer(DefaultTrainer):
         random.seed(seed)
 
     def run_step(self):
-        """One training step, its random generators seeded from (run seed, rank, iteration); a NaN
-        or infinite loss ends the run naming the last good checkpoint."""
+        """One optimizer step, its random generators seeded from (run seed, rank, iteration):
+        forward/backward over the accumulation steps, the hooks' after_backward, detectron2's
+        loss metrics (which stop on a NaN or infinite loss), the optimizer step."""
         self.seed_step()
-        try:
-            super().run_step()
-        except FloatingPointError as e:  # SimpleTrainer's loss check, or the box head's
-            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
-            previous = {
-                k: round(v[0], 4) for k, v in self.storage.latest().items() if k.startswith("loss")
-            }
-            raise TrainingDiverged(
-                f"Training stopped at iteration {self.iter}: the loss is NaN or infinite "
-                f"({' '.join(line.strip() for line in str(e).splitlines())}); loss terms at the "
-                f"iteration before: {previous or 'none logged yet'}. The last good checkpoint is "
-                f"{last or '(none written yet)'}; resume from it with --resume after lowering "
-                "SOLVER.BASE_LR, lengthening SOLVER.WARMUP_ITERS or enabling "
-                "SOLVER.CLIP_GRADIENTS.ENABLED"
-                + (f". Likely cause: {FROM_SCRATCH_FROZEN_BN}" if FROM_SCRATCH_FROZEN_BN in config_warnings(self.cfg, True) else "")
-            ) from e
+        if self._batches is None:
+            self._batches = iter(self.data_loader)
+        try:  # detectron2's box head and its loss metrics raise this on NaN or inf
+            losses, data_time = self.step.forward_backward(self.model, self._batches)
+            run_after_backward_hooks(self)
+            write_step_metrics(losses, data_time, self.iter)
+        except FloatingPointError as e:
+            raise self._diverged(e) from e
+        self.step.optimizer_step()
 
+    def _diverged(self, error) -> TrainingDiverged:
+        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+        previous = {k: round(v[0], 4) for k, v in self.storage.latest().items() if k.startswith("loss")}
+        likely = FROM_SCRATCH_FROZEN_BN in config_warnings(self.cfg, True)
+        return TrainingDiverged(
+            f"Training stopped at iteration {self.iter}: the loss is NaN or infinite "
+            f"({' '.join(line.strip() for line in str(error).splitlines())}); loss terms at the "
+            f"iteration before: {previous or 'none logged yet'}. The last good checkpoint is "
+            f"{last or '(none written yet)'}; resume from it with --resume after lowering "
+            "SOLVER.BASE_LR, lengthening SOLVER.WARMUP_ITERS or enabling SOLVER.CLIP_GRADIENTS.ENABLED"
+            + (f". Likely cause: {FROM_SCRATCH_FROZEN_BN}" if likely else "")
+        )
+
+    # ---- hooks and writers --------------------------------------------------------------------
     def build_writers(self):
-        """metrics.json (written atomically, resume-aware), the console and TensorBoard."""
+        """The console and metrics.json (written atomically, resume-aware), always; then what
+        CITYSCAPES_FT.WRITERS names: TensorBoard, MLflow, W&B (engine/tracking.py)."""
         PathManager.mkdirs(self.cfg.OUTPUT_DIR)
-        return [
+        writers = [
             CommonMetricPrinter(self.max_iter),
             AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-            TensorboardXWriter(self.cfg.OUTPUT_DIR),
         ]
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        """SGD over layer-wise parameter groups (engine/optimizer.py), with detectron2's optional
-        gradient clipping."""
-        return build_layerwise_optimizer(cfg, model)
+        if "tensorboard" in self.cfg.CITYSCAPES_FT.WRITERS:
+            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
+        return writers + build_tracking_writers(self.cfg)
 
     def build_hooks(self):
         """The hooks in their order. Evaluation (and the best checkpoint it may make) runs before
@@ -299,6 +290,8 @@ class CityscapesFTTrainer(DefaultTrainer):
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate_during_training))
         if cfg.TEST.AUG.ENABLED:  # once, after training, on every process (as detectron2's train_net.py)
             ret.append(hooks.EvalHook(0, self._evaluate_with_TTA_after_training))
+        ret.extend(build_stopping_hooks(cfg))  # early stopping, a sweep's pruning: every process
+        self.tracking = None  # the MLflow / W&B runs (main process)
         if not comm.is_main_process():
             return ret
         metric = cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC
@@ -309,12 +302,14 @@ class CityscapesFTTrainer(DefaultTrainer):
                                                  mode=cfg.CITYSCAPES_FT.BEST_CHECKPOINT_MODE))
         console, *files = self.build_writers()
         ret.append(hooks.PeriodicWriter(files, period=cfg.CITYSCAPES_FT.METRICS_PERIOD))
+        self.tracking = TrackingRun(files)
+        ret.append(self.tracking)
         ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(hooks.PeriodicWriter([console], period=cfg.CITYSCAPES_FT.LOG_PERIOD))
         return ret
 
     def checkpoint_of_iteration(self, iteration):
-        """The file the PeriodicCheckpointer writes for `iteration` (0-based), or None."""
+        """The file detectron2's PeriodicCheckpointer writes for `iteration` (0-based), or None."""
         if iteration >= self.max_iter - 1:
             name = "model_final.pth"
         elif (iteration + 1) % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0:
@@ -327,12 +322,33 @@ class CityscapesFTTrainer(DefaultTrainer):
         # Iterations done: self.iter is the current one in after_step, max_iter in after_train.
         done = min(self.iter + 1, self.max_iter)
         checkpoint = self.checkpoint_of_iteration(done - 1) if comm.is_main_process() else None
-        self._last_eval_results = self.test(self.cfg, self.model, iteration=done, checkpoint=checkpoint)
+        self._last_eval_results = self.test(self.cfg, self.model, iteration=done, checkpoint=checkpoint,
+                                            init_weights=self.init_weights)
         return self._last_eval_results
 
     def _evaluate_with_TTA_after_training(self):
         checkpoint = self.checkpoint_of_iteration(self.max_iter - 1) if comm.is_main_process() else None
-        return self.test_with_TTA(self.cfg, self.model, iteration=self.max_iter, checkpoint=checkpoint)
+        return self.test_with_TTA(self.cfg, self.model, iteration=self.max_iter, checkpoint=checkpoint,
+                                  init_weights=self.init_weights)
+
+    # ---- the parts, as DefaultTrainer's classmethods ------------------------------------------
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's build_model (the META_ARCHITECTURE registry), logged as DefaultTrainer does."""
+        model = build_model(cfg)
+        logging.getLogger(__name__).info(f"Model:\n{model}")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """SGD over layer-wise parameter groups (engine/optimizer.py); detectron2's optional gradient
+        clipping (SOLVER.CLIP_GRADIENTS) runs in the step, before the optimizer's."""
+        return build_layerwise_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """detectron2's scheduler: warmup, then steps (SOLVER.LR_SCHEDULER_NAME)."""
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -362,14 +378,12 @@ class CityscapesFTTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """Official Cityscapes AP and COCO box/mask AP (CITYSCAPES_FT.EVAL_TASKS) into output_folder."""
+        """The evaluator(s) of the dataset's `evaluator_type` (evaluation.build_evaluator)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return CityscapesInstanceSegEvaluator(
-            dataset_name, output_folder, tasks=cfg.CITYSCAPES_FT.EVAL_TASKS
-        )
+        return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def test_with_TTA(cls, cfg, model, *, iteration=None, checkpoint=None):
+    def test_with_TTA(cls, cfg, model, *, iteration=None, checkpoint=None, init_weights=None):
         """Evaluate with test-time augmentation (TEST.AUG: the image at each of TEST.AUG.MIN_SIZES,
         and flipped with TEST.AUG.FLIP) through detectron2's GeneralizedRCNNWithTTA. As in
         detectron2's train_net.py, the outputs go to OUTPUT_DIR/inference_TTA/ and every result key
@@ -377,16 +391,22 @@ class CityscapesFTTrainer(DefaultTrainer):
         logger.info(f"Evaluating with test-time augmentation: short sides {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
                     f"max size {cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}")
         results = cls.test(cfg, GeneralizedRCNNWithTTA(cfg, model), iteration=iteration, checkpoint=checkpoint,
-                           folder_suffix="_TTA")
+                           init_weights=init_weights, folder_suffix="_TTA")
         if len(cfg.DATASETS.TEST) == 1:
             return OrderedDict((k + "_TTA", v) for k, v in results.items())
         return OrderedDict((name, OrderedDict((k + "_TTA", v) for k, v in res.items())) for name, res in results.items())
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None, folder_suffix=""):
+    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None, init_weights=None,
+             folder_suffix=""):
         """Evaluate on every cfg.DATASETS.TEST; print tables and write one JSON per dataset to
-        OUTPUT_DIR/eval_results/. Returns results as DefaultTrainer.test does. folder_suffix names
-        the outputs of a variant apart (OUTPUT_DIR/inference<suffix>/, <dataset><suffix>*.json)."""
+        OUTPUT_DIR/eval_results/ (with the dataset, iteration, the checkpoint evaluated and its
+        SHA-256, and `init_weights`: the run's starting point and its SHA-256). Returns results as
+        DefaultTrainer.test does. folder_suffix names the outputs of a variant apart
+        (OUTPUT_DIR/inference<suffix>/, <dataset><suffix>*.json)."""
+        checkpoint_sha256 = None
+        if comm.is_main_process() and checkpoint and os.path.isfile(checkpoint):
+            checkpoint_sha256 = file_sha256(checkpoint)
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets")
         results = OrderedDict()
@@ -408,6 +428,7 @@ class CityscapesFTTrainer(DefaultTrainer):
             results[dataset_name] = res
             if comm.is_main_process():
                 record = {"dataset": dataset_name, "iteration": iteration, "checkpoint": checkpoint,
+                          "checkpoint_sha256": checkpoint_sha256, "init_weights": init_weights,
                           "results": res}
                 if staged:
                     atomic_write_json(os.path.join(staged, "results.json"), record)
@@ -417,7 +438,7 @@ class CityscapesFTTrainer(DefaultTrainer):
                     f"Evaluation of {dataset_name}{folder_suffix} (iteration {iteration}, weights {checkpoint}):\n"
                     + format_results_tables(res, class_names)
                 )
-                print_csv_format(res)
+                print_csv_format(flat_metric_tasks(res))
                 stem = dataset_name + folder_suffix
                 name = f"{stem}_iter{iteration:07d}.json" if iteration is not None else f"{stem}.json"
                 path = os.path.join(cfg.OUTPUT_DIR, "eval_results", name)
@@ -426,16 +447,3 @@ class CityscapesFTTrainer(DefaultTrainer):
         if len(results) == 1:
             results = list(results.values())[0]
         return results
-
-
-def build_trained_model(cfg):
-    """cfg's model in eval mode with cfg.MODEL.WEIGHTS loaded exactly: a file that does not fit the
-    config is refused naming the tensors (tools/make_submission.py, tools/export_model.py); no
-    MODEL.WEIGHTS at all is refused too (the model would be untrained)."""
-    if not cfg.MODEL.WEIGHTS:
-        raise WeightsNotAvailable("MODEL.WEIGHTS is empty: pass the trained checkpoint, "
-                                  "e.g. MODEL.WEIGHTS output/cs_ft/model_final.pth")
-    model = CityscapesFTTrainer.build_model(cfg)
-    checkpointer = build_checkpointer(cfg, model, strict=True)
-    load_weights_or_explain(lambda: checkpointer.load(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
-    return model.eval()

@@ -16,8 +16,10 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from faster_coco_eval import COCO, COCOeval_faster
 
+from ..data.cityscapes import gtfine_file, thing_label_ids
 from ..errors import CityscapesEvaluationError
 from ..utils import atomic_write_json
+from .analysis import analyze_errors
 from .masks import encode_masks
 from .official_parallel import OfficialMatcher, score_matches
 
@@ -44,10 +46,15 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
     the main process, so it works across processes and machines; it writes
     `instances_predictions.json`, detectron2's `coco_instances_results.json` and the official
     results JSON, all under `output_dir`.
+
+    It evaluates our datasets and detectron2's own `cityscapes_fine_instance_seg_*`: the official
+    label ids come from the metadata's `thing_dataset_id_to_contiguous_id` or else from the class
+    names, and each image's `*_gtFine_instanceIds.png` from its dataset dict's `instance_ids_file`
+    or else from the image's path (in the metadata's `gt_dir`, if any).
     """
 
     def __init__(self, dataset_name, output_dir, tasks=("cityscapes", "bbox", "segm"), distributed=True,
-                 workers=None):
+                 workers=None, error_analysis=False):
         unknown = set(tasks) - {"cityscapes", "bbox", "segm"}
         if unknown:
             raise ValueError(f"CITYSCAPES_FT.EVAL_TASKS: unknown {sorted(unknown)}; "
@@ -57,10 +64,18 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         self._tasks = tuple(tasks)
         self._distributed = distributed
         self._workers = workers  # processes for the official matching; None: the cores of this process
+        # results["errors"]: TIDE's breakdown of box and mask AP, with pictures (evaluation/analysis.py)
+        self._error_analysis = error_analysis
         self._metadata = MetadataCatalog.get(dataset_name)
         self._class_names = list(self._metadata.thing_classes)
-        contiguous_to_label_id = {v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()}
-        self._label_ids = [contiguous_to_label_id[i] for i in range(len(self._class_names))]
+        # Official Cityscapes label id of each class (the official task only: a COCO-style
+        # evaluation needs no Cityscapes labels).
+        self._label_ids = thing_label_ids(self._metadata) if "cityscapes" in self._tasks else None
+        # Category id of each class in the COCO ground truth and results, as detectron2's
+        # convert_to_coco_dict and COCOEvaluator write them: the dataset's ids, if it maps any.
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        to_dataset_id = {v: k for k, v in id_map.items()} if id_map else {}
+        self._category_ids = [to_dataset_id.get(i, i) for i in range(len(self._class_names))]
 
     def reset(self):
         """Starts an evaluation: no predictions yet, a fresh official matcher (and its worker pool)."""
@@ -70,7 +85,12 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         dataset = DatasetCatalog.get(self._dataset_name)
         self._image_ids = {d["file_name"]: d.get("image_id", k) for k, d in enumerate(dataset)}
         if "cityscapes" in self._tasks:
-            self._gt_files = {d["file_name"]: d.get("instance_ids_file") for d in dataset}
+            gt_dir = self._metadata.get("gt_dir")  # detectron2's Cityscapes datasets name it
+            self._gt_files = {
+                d["file_name"]: d.get("instance_ids_file")
+                or gtfine_file(d["file_name"], "instanceIds.png", gt_dir)
+                for d in dataset
+            }
             self._matcher = OfficialMatcher(self._label_ids, self._workers)
 
     def process(self, inputs, outputs):
@@ -148,24 +168,24 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         # Kept for tools/visualize_json_results.py: boxes, scores, classes and RLE masks per image.
         atomic_write_json(os.path.join(self._output_dir, PREDICTIONS_FILE), predictions)
         for r in coco_records:  # contiguous class -> the dataset's category id, as COCOEvaluator does
-            r["category_id"] = self._label_ids[r["category_id"]]
+            r["category_id"] = self._category_ids[r["category_id"]]
         atomic_write_json(os.path.join(self._output_dir, COCO_RESULTS_FILE), coco_records)
         results = OrderedDict()
         if "cityscapes" in self._tasks:
             results["cityscapes"] = self._eval_official(dataset, dict(matches))
         coco_tasks = [t for t in ("bbox", "segm") if t in self._tasks]
-        if coco_tasks:
+        if coco_tasks or self._error_analysis:
             coco_gt, coco_records = self._coco_with_integer_image_ids(coco_records)
             for task in coco_tasks:
                 results[task] = self._eval_coco(coco_gt, coco_records, task)
+            if self._error_analysis:
+                results["errors"] = analyze_errors(coco_gt.dataset, coco_records, self._output_dir)
         return results
 
     # ---- official Cityscapes metric -------------------------------------------------------------
     def _eval_official(self, dataset, matches_by_gt):
-        ordered = OrderedDict(
-            (os.path.abspath(d["instance_ids_file"]), matches_by_gt[os.path.abspath(d["instance_ids_file"])])
-            for d in dataset
-        )
+        gt_files = [os.path.abspath(self._gt_files[d["file_name"]]) for d in dataset]
+        ordered = OrderedDict((gt, matches_by_gt[gt]) for gt in gt_files)
         eval_dir = os.path.abspath(os.path.join(self._output_dir, "cityscapes_official"))
         os.makedirs(eval_dir, exist_ok=True)
         try:
@@ -198,8 +218,8 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
             logger.warning(f"No predictions on {self._dataset_name}: COCO {task} AP is 0")
             out = OrderedDict((m, 0.0) for m in COCO_METRICS)
             has_gt = {a["category_id"] for a in coco_gt.dataset["annotations"] if not a["iscrowd"]}
-            for label_id, name in zip(self._label_ids, self._class_names):
-                out[f"AP-{name}"] = 0.0 if label_id in has_gt else float("nan")
+            for category_id, name in zip(self._category_ids, self._class_names):
+                out[f"AP-{name}"] = 0.0 if category_id in has_gt else float("nan")
             return out
         if task == "segm":  # mask AP on mask areas (small/medium/large), as detectron2 scores it
             coco_records = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_records]
@@ -218,8 +238,9 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
                           for i, m in enumerate(COCO_METRICS))
         # precision: [IoU thresholds, recall points, classes, area ranges, max detections]
         precision = coco_eval.eval["precision"]
-        for k, name in enumerate(self._class_names):
-            p = precision[:, :, k, 0, -1]
+        cat_ids = list(coco_eval.params.catIds)
+        for category_id, name in zip(self._category_ids, self._class_names):
+            p = precision[:, :, cat_ids.index(category_id), 0, -1]
             p = p[p > -1]
             out[f"AP-{name}"] = 100 * float(p.mean()) if p.size else float("nan")
         return out

@@ -8,6 +8,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..data.cityscapes import thing_label_ids
 from ..utils import atomic_write_json
 from .official_parallel import write_prediction_masks
 
@@ -24,9 +25,7 @@ class CityscapesSubmissionWriter(DatasetEvaluator):
     a summary (images, instances, files, size). Every process writes its own images."""
 
     def __init__(self, dataset_name, output_dir):
-        metadata = MetadataCatalog.get(dataset_name)
-        to_label = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
-        self._label_ids = [to_label[i] for i in range(len(metadata.thing_classes))]
+        self._label_ids = thing_label_ids(MetadataCatalog.get(dataset_name))
         self._output_dir = output_dir
         self._results_dir = os.path.join(output_dir, RESULTS_FOLDER)
 

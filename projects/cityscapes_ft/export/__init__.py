@@ -1,6 +1,6 @@
 """Deployment: a fine-tuned model exported (ONNX, TorchScript) with a torch-only runner
 (runtime.py), its AP checked against the original's; detectron2.export without caffe2."""
-from ..detectron2_export import import_detectron2_export
+from ..compat import import_detectron2_export
 from .exporter import (
     FORMATS,
     ExportedDetector,

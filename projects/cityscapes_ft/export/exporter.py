@@ -25,10 +25,11 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from ..checkpoint import load_model
 from ..checks import check_config_runnable
 from ..data import CITYSCAPES_FRAME, CITYSCAPES_THING_CLASSES
-from ..detectron2_export import import_detectron2_export
-from ..engine.trainer import CityscapesFTTrainer, build_trained_model
+from ..compat import import_detectron2_export
+from ..engine.trainer import CityscapesFTTrainer
 from ..errors import CheckpointUnreadable, ExportNotSupported
 from ..utils import atomic_write_json
 from . import runtime
@@ -50,12 +51,6 @@ def check_config_exportable(cfg):
     if not cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
         raise ExportNotSupported("the exporter handles Mask R-CNN: it needs MODEL.MASK_ON True and "
                                  "MODEL.KEYPOINT_ON False")
-
-
-def load_model_for_export(cfg):
-    """cfg's model in eval mode with cfg.MODEL.WEIGHTS loaded strictly (a file that does not fit the
-    config is refused naming the tensors)."""
-    return build_trained_model(cfg)
 
 
 def _network_outputs(model, image):
@@ -93,7 +88,7 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> Dict:
     if fmt not in FORMATS:
         raise ExportNotSupported(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     check_config_exportable(cfg)
-    model = load_model_for_export(cfg)
+    model = load_model(cfg, strict=True)
     image = sample_image(cfg)
     adapter = import_detectron2_export().TracingAdapter(model, (image,), _network_outputs).eval()
     os.makedirs(output_dir, exist_ok=True)
@@ -196,7 +191,7 @@ def evaluate_export(cfg, output_dir: str, dataset: str) -> Dict:
     """Official and COCO AP and CPU latency of the original model and of the export in output_dir
     on `dataset`, one after the other in this process; written to output_dir/export_eval.json."""
     exported = runtime.ExportedMaskRCNN(output_dir, num_threads=torch.get_num_threads())
-    detectors = {"original": TimedDetector(load_model_for_export(cfg)),
+    detectors = {"original": TimedDetector(load_model(cfg, strict=True)),
                  "exported": TimedDetector(ExportedDetector(exported))}
     report = {"dataset": dataset, "format": exported.format, "weights": cfg.MODEL.WEIGHTS}
     for name, detector in detectors.items():

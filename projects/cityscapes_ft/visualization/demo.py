@@ -10,9 +10,8 @@ import numpy as np
 import tqdm
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
-from detectron2.modeling import build_model
 
-from ..checkpoint import build_checkpointer
+from ..checkpoint import load_model
 from ..errors import CityscapesFTError
 from .drawing import InstancePredictor, draw_instances
 
@@ -82,9 +81,7 @@ class VisualizationDemo:
         self.cfg = cfg
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0])
         if predictor is None:
-            model = build_model(cfg)
-            build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
-            predictor = InstancePredictor(cfg, model.eval())
+            predictor = InstancePredictor(cfg, load_model(cfg, strict=True))
         self.predictor = predictor
         self.confidence_threshold = confidence_threshold
 

@@ -5,8 +5,10 @@ import html
 import json
 import os
 
+from ..config import load_cityscapes_ft_cfg
 from ..schedule import TrainingSchedule
 from ..utils import atomic_open
+from .analysis_sections import error_analysis_section, foggy_section, robustness_section
 from .curves import plot_training_curves
 
 REPORT_FILE = "report.html"
@@ -27,6 +29,8 @@ def _img(path, alt):
 def _tables(results, class_names):
     out = []
     for task, res in results.items():
+        if task.startswith("errors"):  # TIDE's breakdown: analysis_sections.error_analysis_section
+            continue
         overall = [(k, v) for k, v in res.items() if "-" not in k]
         out.append(f"<h3>{html.escape(_TITLES.get(task, task))}</h3><table class='metrics' data-task='{task}'>")
         out.append("<tr>" + "".join(f"<th>{html.escape(k)}</th>" for k, _ in overall) + "</tr>")
@@ -42,10 +46,10 @@ def _tables(results, class_names):
 
 
 def _schedule_table(schedule):
-    """The resolved schedule (OUTPUT_DIR/schedule.json), as the training log states it."""
+    """The schedule the run's config.yaml states, as the training log states it."""
     return ("<table class='schedule'>" + "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in TrainingSchedule.from_dict(schedule).rows()) + "</table>")
+        for k, v in schedule.rows()) + "</table>")
 
 
 def _training_set_table(training_set):
@@ -55,6 +59,10 @@ def _training_set_table(training_set):
     return (f"<h2>Training set</h2><p>{training_set['images']} images, {html.escape(training_set['sampling'])}</p>"
             "<table class='training-set'><tr><th>class</th><th>instances</th><th>images</th>"
             f"<th>images per pass</th></tr>{rows}</table>")
+
+
+def _digest(sha256):
+    return f" (SHA-256 <code>{html.escape(sha256)}</code>)" if sha256 else ""
 
 
 def _fmt(v):
@@ -70,29 +78,40 @@ def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str
         with open(results_files[-1]) as f:
             final = json.load(f)
         parts.append(f"<h2>Evaluation</h2><p>Dataset <b>{html.escape(str(final['dataset']))}</b>, "
-                     f"iteration {final['iteration']}, weights {html.escape(str(final['checkpoint']))}</p>")
+                     f"iteration {final['iteration']}, weights {html.escape(str(final['checkpoint']))}"
+                     + _digest(final.get("checkpoint_sha256")) + "</p>")
+        start = final.get("init_weights") or {}
+        if start.get("path"):
+            parts.append(f"<p class='init-weights'>Started from {html.escape(start['path'])}"
+                         + _digest(start.get("sha256")) + "</p>")
         parts.append(_tables(final["results"], class_names))
+        parts.append(error_analysis_section(output_dir, final, class_names))
     else:
         parts.append("<h2>Evaluation</h2><p>No evaluation results yet.</p>")
+    parts.append(foggy_section(output_dir))
+    parts.append(robustness_section(output_dir))
     metrics = os.path.join(output_dir, "metrics.json")
     if os.path.isfile(metrics) and os.path.getsize(metrics):
         curves = plot_training_curves(metrics, os.path.join(output_dir, "training_curves.png"))
         parts.append("<h2>Training curves</h2>" + _img(curves, "training curves"))
-    schedule = os.path.join(output_dir, "schedule.json")
-    if os.path.isfile(schedule):
-        with open(schedule) as f:
-            resolved = json.load(f)
-        parts.append(f"<h2>Training schedule (stated in {html.escape(resolved['unit'])})</h2>")
-        parts.append(_schedule_table(resolved))
+    config = os.path.join(output_dir, "config.yaml")
+    training_set = os.path.join(output_dir, "training_set.json")
+    training_images = None
+    if os.path.isfile(training_set):
+        with open(training_set) as f:
+            training_images = json.load(f)["images"]
+    run_cfg = load_cityscapes_ft_cfg(config) if os.path.isfile(config) else None
+    if run_cfg is not None and run_cfg.CITYSCAPES_FT.SCHEDULE.UNIT == "iterations" and training_images:
+        schedule = TrainingSchedule.of_resolved_config(run_cfg, training_images)
+        parts.append("<h2>Training schedule (from config.yaml, in iterations)</h2>")
+        parts.append(_schedule_table(schedule))
     pictures = sorted(glob.glob(os.path.join(output_dir, "predictions", "*.png")))[:max_pictures]
     if pictures:
         parts.append("<h2>Predictions (top) and ground truth (bottom)</h2>")
         parts.extend(_img(p, os.path.basename(p)) for p in pictures)
-    training_set = os.path.join(output_dir, "training_set.json")
     if os.path.isfile(training_set):
         with open(training_set) as f:
             parts.append(_training_set_table(json.load(f)))
-    config = os.path.join(output_dir, "config.yaml")
     if os.path.isfile(config):
         with open(config) as f:
             parts.append(f"<h2>Config</h2><pre>{html.escape(f.read())}</pre>")
