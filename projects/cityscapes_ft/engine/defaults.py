@@ -112,9 +112,11 @@ def _evaluate(args, cfg, trainer_cls):
     iteration = load_weights(checkpointer, weights, strict=True, checkpointables=[], sha256=pinned).get("iteration")
     iteration = None if iteration is None else iteration + 1
     model.eval()
-    results = trainer_cls.test(cfg, model, iteration=iteration, checkpoint=weights)
+    digest = checkpointer.last_sha256
+    results = trainer_cls.test(cfg, model, iteration=iteration, checkpoint=weights, checkpoint_sha256=digest)
     if cfg.TEST.AUG.ENABLED:
-        results.update(trainer_cls.test_with_TTA(cfg, model, iteration=iteration, checkpoint=weights))
+        results.update(trainer_cls.test_with_TTA(cfg, model, iteration=iteration, checkpoint=weights,
+                                                 checkpoint_sha256=digest))
     _draw_predictions_and_report(cfg, model)
     return results
 

@@ -122,3 +122,21 @@ class LayerwiseLRScheduler(hooks.LRScheduler):
             if group is not None:
                 storage.put_scalar(f"lr/{part}", group["lr"], smoothing_hint=False)
         self.scheduler.step()
+
+
+class PeriodicCheckpointerAfterEvaluation(hooks.PeriodicCheckpointer):
+    """detectron2's PeriodicCheckpointer, whose last checkpoint (model_final.pth) is written in
+    after_train instead of the last iteration's after_step: the final evaluation and the best
+    checkpoint's check run in after_train (detectron2's EvalHook and BestCheckpointer), and the
+    final checkpoint must hold their state, or a --resume from it would compare later evaluations
+    with the best score of the evaluation before. Place it after those hooks."""
+
+    def after_step(self):
+        """Periodic checkpoints; not the last iteration's (after_train writes it)."""
+        if self.trainer.iter + 1 < self.trainer.max_iter:
+            super().after_step()
+
+    def after_train(self):
+        """The last iteration's checkpoints (model_final.pth), once the run has finished."""
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            super().after_step()

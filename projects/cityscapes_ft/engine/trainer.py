@@ -19,7 +19,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
-from ..checkpoint import build_checkpointer, file_sha256, load_weights
+from ..checkpoint import build_checkpointer, load_weights
 from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
 from ..compat import run_after_backward_hooks, write_step_metrics
 from ..data import build_mapper, log_training_set, training_dataset_dicts, training_repeat_factors
@@ -29,7 +29,7 @@ from ..evaluation import build_evaluator, flat_metric_tasks, format_results_tabl
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
 from .ddp import wrap_for_distributed
-from .hooks import LayerwiseLRScheduler, StagedBackboneFreeze
+from .hooks import LayerwiseLRScheduler, PeriodicCheckpointerAfterEvaluation, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
 from .optimizer import build_layerwise_optimizer, clip_gradients
 from .run_directory import STAGING_SUFFIX, replace_directory, staging_directory
@@ -304,7 +304,7 @@ class CityscapesFTTrainer(TrainerBase):
         ret.append(hooks.PeriodicWriter(files, period=cfg.CITYSCAPES_FT.METRICS_PERIOD))
         self.tracking = TrackingRun(files)
         ret.append(self.tracking)
-        ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(PeriodicCheckpointerAfterEvaluation(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(hooks.PeriodicWriter([console], period=cfg.CITYSCAPES_FT.LOG_PERIOD))
         return ret
 
@@ -383,7 +383,8 @@ class CityscapesFTTrainer(TrainerBase):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def test_with_TTA(cls, cfg, model, *, iteration=None, checkpoint=None, init_weights=None):
+    def test_with_TTA(cls, cfg, model, *, iteration=None, checkpoint=None, checkpoint_sha256=None,
+                      init_weights=None):
         """Evaluate with test-time augmentation (TEST.AUG: the image at each of TEST.AUG.MIN_SIZES,
         and flipped with TEST.AUG.FLIP) through detectron2's GeneralizedRCNNWithTTA. As in
         detectron2's train_net.py, the outputs go to OUTPUT_DIR/inference_TTA/ and every result key
@@ -391,22 +392,19 @@ class CityscapesFTTrainer(TrainerBase):
         logger.info(f"Evaluating with test-time augmentation: short sides {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
                     f"max size {cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}")
         results = cls.test(cfg, GeneralizedRCNNWithTTA(cfg, model), iteration=iteration, checkpoint=checkpoint,
-                           init_weights=init_weights, folder_suffix="_TTA")
+                           checkpoint_sha256=checkpoint_sha256, init_weights=init_weights, folder_suffix="_TTA")
         if len(cfg.DATASETS.TEST) == 1:
             return OrderedDict((k + "_TTA", v) for k, v in results.items())
         return OrderedDict((name, OrderedDict((k + "_TTA", v) for k, v in res.items())) for name, res in results.items())
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None, init_weights=None,
-             folder_suffix=""):
+    def test(cls, cfg, model, evaluators=None, *, iteration=None, checkpoint=None, checkpoint_sha256=None,
+             init_weights=None, folder_suffix=""):
         """Evaluate on every cfg.DATASETS.TEST; print tables and write one JSON per dataset to
-        OUTPUT_DIR/eval_results/ (with the dataset, iteration, the checkpoint evaluated and its
-        SHA-256, and `init_weights`: the run's starting point and its SHA-256). Returns results as
-        DefaultTrainer.test does. folder_suffix names the outputs of a variant apart
-        (OUTPUT_DIR/inference<suffix>/, <dataset><suffix>*.json)."""
-        checkpoint_sha256 = None
-        if comm.is_main_process() and checkpoint and os.path.isfile(checkpoint):
-            checkpoint_sha256 = file_sha256(checkpoint)
+        OUTPUT_DIR/eval_results/ (with the dataset, iteration, the checkpoint evaluated and, for a
+        file loaded to be evaluated, its SHA-256, and `init_weights`: the run's starting point and
+        its SHA-256). Returns results as DefaultTrainer.test does. folder_suffix names the outputs
+        of a variant apart (OUTPUT_DIR/inference<suffix>/, <dataset><suffix>*.json)."""
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets")
         results = OrderedDict()
