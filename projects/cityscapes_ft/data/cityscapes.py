@@ -80,6 +80,15 @@ def gtfine_file(image_file: str, kind: str, gt_dir: Optional[str] = None) -> str
     return os.path.join(gt_dir, os.path.basename(city_dir), f"{stem}_gtFine_{kind}")
 
 
+def coco_category_ids(metadata) -> List[int]:
+    """The category id of each contiguous class in COCO-format ground truth and results, as
+    detectron2's convert_to_coco_dict and COCOEvaluator write them: the dataset's own ids where its
+    metadata maps them (`thing_dataset_id_to_contiguous_id`), else the contiguous ids."""
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    to_dataset_id = {v: k for k, v in id_map.items()} if id_map else {}
+    return [to_dataset_id.get(i, i) for i in range(len(metadata.thing_classes))]
+
+
 def thing_label_ids(metadata) -> List[int]:
     """The Cityscapes label id of each contiguous class of a dataset: from its
     `thing_dataset_id_to_contiguous_id` (ours), else from its class names (detectron2's

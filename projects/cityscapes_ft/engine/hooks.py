@@ -137,6 +137,7 @@ class PeriodicCheckpointerAfterEvaluation(hooks.PeriodicCheckpointer):
             super().after_step()
 
     def after_train(self):
-        """The last iteration's checkpoints (model_final.pth), once the run has finished."""
-        if self.trainer.iter + 1 >= self.trainer.max_iter:
-            super().after_step()
+        """The last iteration's checkpoints (model_final.pth), once the run has finished (the
+        trainer's `iter` is then max_iter, as detectron2's TrainerBase leaves it)."""
+        if self.trainer.iter >= self.trainer.max_iter:
+            self.step(self.trainer.max_iter - 1)

@@ -16,7 +16,7 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from faster_coco_eval import COCO, COCOeval_faster
 
-from ..data.cityscapes import gtfine_file, thing_label_ids
+from ..data.cityscapes import coco_category_ids, gtfine_file, thing_label_ids
 from ..errors import CityscapesEvaluationError
 from ..utils import atomic_write_json
 from .analysis import analyze_errors
@@ -71,11 +71,8 @@ class CityscapesInstanceSegEvaluator(DatasetEvaluator):
         # Official Cityscapes label id of each class (the official task only: a COCO-style
         # evaluation needs no Cityscapes labels).
         self._label_ids = thing_label_ids(self._metadata) if "cityscapes" in self._tasks else None
-        # Category id of each class in the COCO ground truth and results, as detectron2's
-        # convert_to_coco_dict and COCOEvaluator write them: the dataset's ids, if it maps any.
-        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
-        to_dataset_id = {v: k for k, v in id_map.items()} if id_map else {}
-        self._category_ids = [to_dataset_id.get(i, i) for i in range(len(self._class_names))]
+        # Category id of each class in the COCO ground truth and results (detectron2's rule).
+        self._category_ids = coco_category_ids(self._metadata)
 
     def reset(self):
         """Starts an evaluation: no predictions yet, a fresh official matcher (and its worker pool)."""

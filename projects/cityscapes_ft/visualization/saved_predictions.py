@@ -13,6 +13,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
+from ..data.cityscapes import coco_category_ids
 from ..errors import CityscapesFTError
 from .drawing import draw_ground_truth, draw_instances
 
@@ -32,7 +33,7 @@ def saved_to_instances(pred, height, width) -> Instances:
 def _coco_results_by_file(results, dataset, metadata, source):
     """detectron2's COCO results (one record per instance, XYWH boxes, dataset category ids) as our
     per-image records, for every image of the dataset (empty where it has none)."""
-    to_contiguous = metadata.thing_dataset_id_to_contiguous_id
+    to_contiguous = {cid: i for i, cid in enumerate(coco_category_ids(metadata))}
     by_image = {d.get("image_id"): {"file_name": d["file_name"], "boxes": [], "scores": [], "classes": [],
                                     "masks": []} for d in dataset}
     for r in results:
