@@ -103,6 +103,9 @@ class CityscapesFTTrainer(TrainerBase):
         """TrainerBase's (iteration, hooks) plus the step's state under "_trainer" (as detectron2's
         trainers keep the optimizer), the data stream's position and the run seed."""
         state = super().state_dict()
+        # The last iteration done: after the loop TrainerBase leaves `iter` at max_iter, where the
+        # final checkpoint is written (after the final evaluation), and a resume starts one later.
+        state["iteration"] = min(state["iteration"], self.max_iter - 1)
         state["_trainer"] = self.step.state_dict()
         state["data"] = self.data_loader.state_dict()
         state["run_seed"] = self.run_seed
