@@ -1,7 +1,6 @@
 """The training model in and out of DistributedDataParallel."""
 import gc
 
-import torch
 from detectron2.engine import create_ddp_model
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel

@@ -12,7 +12,6 @@ from ..checkpoint import build_checkpointer, load_weights
 from ..checks import check_config_runnable, check_output_dir_writable, config_warnings
 from ..config import command_line_keys, load_cityscapes_ft_cfg
 from ..data import training_dataset_dicts
-from ..errors import CityscapesFTError
 from ..evaluation import evaluator_types
 from ..schedule import resolve_training_schedule
 from ..visualization import draw_dataset_predictions, write_run_report
@@ -53,8 +52,6 @@ def setup_cfg(args):
         hold_output_dir(cfg.OUTPUT_DIR)
     try:
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
-        # Our errors end the run with one line; detectron2's trainer would log their traceback too.
-        logging.getLogger("detectron2.engine.train_loop").addFilter(_no_traceback_for_user_errors)
         schedule = None
         if not args.eval_only:
             cfg, schedule = resolve_config(cfg, command_line_keys(args.opts))
@@ -70,13 +67,6 @@ def setup_cfg(args):
         for note in schedule.notes:
             logger.warning(note)
     return cfg
-
-
-def _no_traceback_for_user_errors(record):
-    if record.exc_info and isinstance(record.exc_info[1], CityscapesFTError):
-        record.msg, record.args = f"Training stopped: {str(record.exc_info[1]).splitlines()[0]}", ()
-        record.exc_info = record.exc_text = None
-    return True
 
 
 def resolve_config(cfg, given=None):

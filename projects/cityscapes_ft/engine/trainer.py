@@ -24,7 +24,7 @@ from ..checks import FROM_SCRATCH_FROZEN_BN, config_warnings
 from ..compat import run_after_backward_hooks, write_step_metrics
 from ..data import build_mapper, log_training_set, training_dataset_dicts, training_repeat_factors
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
-from ..errors import CheckpointUnreadable, TrainingDiverged
+from ..errors import CheckpointUnreadable, CityscapesFTError, TrainingDiverged
 from ..evaluation import build_evaluator, flat_metric_tasks, format_results_tables
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
@@ -210,6 +210,9 @@ class CityscapesFTTrainer(TrainerBase):
                         break
                 else:
                     self.iter += 1
+            except CityscapesFTError as e:  # ours end the run in one line (the command line prints it)
+                logger.error(f"Training stopped: {str(e).splitlines()[0]}")
+                raise
             except Exception:
                 logger.exception("Exception during training:")
                 raise
