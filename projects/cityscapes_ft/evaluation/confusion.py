@@ -9,27 +9,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from faster_coco_eval import COCO, COCOeval_faster  # noqa: E402
-from pycocotools import mask as mask_util  # noqa: E402
+
+from .errors import coco_iou, coco_shape  # noqa: E402
 
 BACKGROUND = "background"
 PR_IOUS = (0.5, 0.75)
-
-
-def _shape(item, image, task):
-    if task == "bbox":
-        return item["bbox"]
-    seg = item["segmentation"]
-    if isinstance(seg, list):
-        return mask_util.merge(mask_util.frPyObjects(seg, image["height"], image["width"]))
-    if isinstance(seg["counts"], list):
-        return mask_util.frPyObjects(seg, image["height"], image["width"])
-    return seg
-
-
-def _iou(a, b, crowd):
-    if not a or not b:
-        return np.zeros((len(a), len(b)))
-    return np.asarray(mask_util.iou(a, b, crowd), dtype=np.float64).reshape(len(a), len(b))
 
 
 def confusion_matrix(coco_gt, records, task, iou_thresh=0.5, score_thresh=0.5):
@@ -55,7 +39,8 @@ def confusion_matrix(coco_gt, records, task, iou_thresh=0.5, score_thresh=0.5):
     for image_id, image in images.items():
         g = gts.get(image_id, [])
         p = sorted(preds.get(image_id, []), key=lambda r: -r["score"])
-        iou = _iou([_shape(r, image, task) for r in p], [_shape(a, image, task) for a in g], [False] * len(g))
+        dets = [coco_shape(r, image, task) for r in p]
+        iou = coco_iou(dets, [coco_shape(a, image, task) for a in g], [False] * len(g))
         g_cls = np.array([a["category_id"] for a in g])
         taken = np.zeros(len(g), dtype=bool)
         pred_match = [-1] * len(p)
@@ -69,7 +54,7 @@ def confusion_matrix(coco_gt, records, task, iou_thresh=0.5, score_thresh=0.5):
                 if cand[j] >= iou_thresh:
                     pred_match[i], taken[j] = j, True
         c = crowds.get(image_id, [])
-        ioa = _iou([_shape(r, image, task) for r in p], [_shape(a, image, task) for a in c], [True] * len(c))
+        ioa = coco_iou(dets, [coco_shape(a, image, task) for a in c], [True] * len(c))
         for i, r in enumerate(p):
             col = index[r["category_id"]]
             if pred_match[i] >= 0:

@@ -26,8 +26,8 @@ TIDE_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 _GEOMETRY = {"bbox": "bbox", "segm": "segmentation"}
 
 
-def _ground_truth_shape(ann, image, task):
-    """The annotation's box, or its mask as one RLE (polygons merged), as TIDE compares them."""
+def coco_shape(ann, image, task):
+    """A COCO record's box, or its mask as one RLE (polygons merged), as TIDE compares them."""
     if task == "bbox":
         return ann["bbox"]
     seg = ann["segmentation"]
@@ -65,7 +65,8 @@ def _run(coco_gt, records, task, pos_thresh, bg_thresh, max_dets):
     return out
 
 
-def _iou(dets, gts, crowd):
+def coco_iou(dets, gts, crowd):
+    """pycocotools' IoU (IoA against crowd regions) of two lists of shapes, as a (dets, gts) array."""
     if not dets or not gts:
         return np.zeros((len(dets), len(gts)))
     return np.asarray(mask_util.iou(dets, gts, crowd), dtype=np.float64).reshape(len(dets), len(gts))
@@ -86,7 +87,7 @@ def _run_image(out, image, anns, preds, task, pos_thresh, bg_thresh, max_dets):
     shapes = [p[key] for _, p in preds]
     pred_cls = np.array([p["category_id"] for _, p in preds])
     gt_cls = np.array([g["category_id"] for g in gts], dtype=pred_cls.dtype)
-    iou = _iou(shapes, [_ground_truth_shape(g, image, task) for g in gts], [False] * len(gts))
+    iou = coco_iou(shapes, [coco_shape(g, image, task) for g in gts], [False] * len(gts))
     same_cls = pred_cls[:, None] == gt_cls[None, :]
     iou_same = iou * same_cls
 
@@ -103,7 +104,7 @@ def _run_image(out, image, anns, preds, task, pos_thresh, bg_thresh, max_dets):
             free[:, j] = 0
     # Unmatched predictions inside a same-class crowd region are not counted (they still get a cause).
     for c in crowds:
-        ioa = _iou(shapes, [_ground_truth_shape(c, image, task)], [True])[:, 0]
+        ioa = coco_iou(shapes, [coco_shape(c, image, task)], [True])[:, 0]
         for i in range(len(preds)):
             if state[i] != "tp" and ioa[i] > pos_thresh and c["category_id"] == pred_cls[i]:
                 state[i] = "ignored"
