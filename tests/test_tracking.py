@@ -258,3 +258,86 @@ def test_early_stopping_stops_the_loop_and_resumes_stopped(tmp_path):
     hook3.load_state_dict({"best": 0.3, "best_iteration": 2, "bad_evaluations": 2, "stopped_at": None})
     third.train()
     assert third.steps == [4] and hook3.stopped_at == 5
+
+
+@pytest.mark.slow  # starts an MLflow server and trains through tools/train_net.py
+def test_training_finishes_whole_when_the_mlflow_server_stops_mid_run(tmp_path, mlflow_server, synthetic_root):
+    """The real server is stopped while tools/train_net.py trains (the training paused at a point
+    where the server has taken some iterations and others are to come)."""
+    from conftest import REPO, TINY, stop_when
+
+    uri, server = mlflow_server
+    out, max_iter = tmp_path / "run", 6
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, OMP_NUM_THREADS="2", MLFLOW_TRACKING_URI=uri)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join("tools", "train_net.py"), "--config-file", TINY, "OUTPUT_DIR", str(out),
+         "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2", "CITYSCAPES_FT.WRITERS", '("mlflow",)',
+         "CITYSCAPES_FT.TRACKING_EXPERIMENT", "server-stops"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = out / "tracking" / "mlflow.json"
+
+    def server_took_an_iteration():
+        try:
+            return json.loads(state.read_text())["last_iteration"] >= 1
+        except (OSError, ValueError, KeyError):
+            return False
+
+    stop_when(proc, server_took_an_iteration)
+    taken_before = json.loads(state.read_text())["last_iteration"]
+    assert taken_before < max_iter - 1
+    os.killpg(server.pid, 15)
+    server.wait(30)
+    proc.send_signal(18)  # SIGCONT
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-5000:]
+
+    # Training as always: every iteration in metrics.json, every checkpoint, the final one last.
+    from cityscapes_ft.utils import read_metrics
+
+    records = [r["iteration"] for r in read_metrics(str(out / "metrics.json"))]
+    # (the evaluation after training is recorded one past the last iteration)
+    assert records == list(range(max_iter + 1))
+    assert {f for f in os.listdir(out) if f.endswith(".pth")} == {"model_0000001.pth", "model_0000003.pth",
+                                                                  "model_0000005.pth", "model_final.pth"}
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    # One warning naming the server; the end says what was not sent: what the server never took.
+    assert sum("cannot be reached or refused a request" in line for line in log.splitlines()) == 1
+    assert f"MLflow tracking server {uri} cannot be reached" in log
+    taken = json.loads(state.read_text())["last_iteration"]
+    assert taken_before <= taken < max_iter - 1
+    assert f"mlflow: could not send {max_iter - taken} iterations ({taken + 1}..{max_iter}) and " in log
+
+
+@pytest.mark.slow  # two CPU training processes over gloo
+def test_early_stopping_stops_every_process_after_the_same_iteration(tmp_path, synthetic_root):
+    """Under --num-gpus 2: MIN_DELTA 100 (AP points) cannot be beaten, so with PATIENCE 1 the run
+    stops at its second evaluation (iteration 4 of 12) whatever the AP values; the report names
+    the best checkpoint."""
+    from conftest import TINY, train_net
+
+    out = tmp_path / "run"
+    train_net("--num-gpus", "2", "--dist-url", "auto", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "12",
+              "SOLVER.STEPS", "()", "TEST.EVAL_PERIOD", "2", "CITYSCAPES_FT.EVAL_TASKS", '("bbox",)',
+              "CITYSCAPES_FT.BEST_CHECKPOINT_METRIC", "bbox/AP", "CITYSCAPES_FT.EARLY_STOP.PATIENCE", "1",
+              "CITYSCAPES_FT.EARLY_STOP.MIN_DELTA", "100.0", config=TINY, datasets=synthetic_root)
+    for log in ("log.txt", "log.txt.rank1"):  # each process stopped itself, after iteration 4
+        text = (out / log).read_text()
+        assert text.count("Stopping training: early stopping after iteration 4:") == 1, log
+        assert "model_best.pth" in text.split("Stopping training:")[1].splitlines()[0]
+    from cityscapes_ft.utils import read_metrics
+
+    assert [r["iteration"] for r in read_metrics(str(out / "metrics.json"))][-1] == 3
+    assert not (out / "model_final.pth").exists() and (out / "model_0000003.pth").exists()
+    record = json.loads((out / "early_stop.json").read_text())
+    assert record["stopped_after_iteration"] == 4 and record["best_iteration"] == 2
+    best = torch_load(out / "model_best.pth")
+    assert best["iteration"] == 1  # the evaluation after iteration 2 (0-based 1) holds the best
+    report = (out / "report.html").read_text()
+    assert "Stopped early after iteration 4" in report
+    assert f"is <b>{out / 'model_best.pth'}</b>." in report
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)

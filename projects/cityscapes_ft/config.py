@@ -128,6 +128,14 @@ def add_cityscapes_ft_config(cfg):
     cfg.CITYSCAPES_FT.EARLY_STOP.PATIENCE = 0
     cfg.CITYSCAPES_FT.EARLY_STOP.MIN_DELTA = 0.0
 
+    # Set by tools/sweep.py in each trial's command line, not by hand: the Optuna storage URL, study
+    # name and trial number this run reports its periodic evaluations (BEST_CHECKPOINT_METRIC) to;
+    # it stops when the study's pruner prunes the trial (engine/stopping.py). "": not a sweep trial.
+    cfg.CITYSCAPES_FT.SWEEP = CN()
+    cfg.CITYSCAPES_FT.SWEEP.STORAGE = ""
+    cfg.CITYSCAPES_FT.SWEEP.STUDY = ""
+    cfg.CITYSCAPES_FT.SWEEP.TRIAL = -1
+
 
 def load_cityscapes_ft_cfg(config_file, opts=()):
     """detectron2's defaults + our keys, then the YAML file, then KEY VALUE overrides (unfrozen)."""

@@ -155,7 +155,7 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     )
 
 
-def _die_with_parent(parent_pid):
+def die_with_parent(parent_pid):
     """A `kill -9` of the launching process must stop its workers too: left running, they would
     train on and keep writing checkpoints beside a `--resume` of the same run (Linux only)."""
     try:
@@ -208,7 +208,7 @@ def _run_in_job(main_func, args, rank):
 
 def _spawned_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url,
                     args, timeout, parent_pid):
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     rank = machine_rank * num_gpus_per_machine + local_rank
     place = ProcessPlace("launch", rank, world_size, local_rank, num_gpus_per_machine,
                          machine_rank, dist_url)

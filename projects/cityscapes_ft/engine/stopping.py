@@ -1,7 +1,7 @@
-"""Hooks that end training before SOLVER.MAX_ITER: early stopping on the best-checkpoint metric
-(a sweep's pruner is to follow, as another _AfterEvaluation). Each decides after an evaluation, on the main process (the only
-one with evaluation results), and every process takes the main one's decision, so all stop after
-the same iteration; they ask the trainer to stop through its `request_stop`."""
+"""Hooks that end training before SOLVER.MAX_ITER: early stopping on the best-checkpoint metric,
+and a sweep's pruning (the Optuna trial's pruner). Each decides after an evaluation, on the main
+process (the only one with evaluation results), and every process takes the main one's decision,
+so all stop after the same iteration; they ask the trainer to stop through its `request_stop`."""
 import json
 import logging
 import os
@@ -10,6 +10,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..errors import ConfigNotRunnable
+from ..utils import atomic_write_json
+from .sweep.study import TrialReporter
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +115,54 @@ class EarlyStopping(_AfterEvaluation):
         self.stopped_at = state.get("stopped_at")
 
 
+class SweepTrialPruning(_AfterEvaluation):
+    """Reports each periodic evaluation's `metric` to the sweep's Optuna trial (the main process
+    does; at step = iterations done) and stops the run when the study's pruner prunes the trial.
+    The decision is in the checkpoints, and OUTPUT_DIR/pruned.json records it for the sweep."""
+
+    def __init__(self, eval_period, metric, storage, study, trial_number):
+        super().__init__(eval_period, metric)
+        self.where = (storage, study, int(trial_number))
+        self.trial = None
+        self.pruned_at = None
+        self.pruned_value = None
+
+    def before_train(self):
+        if comm.is_main_process():
+            self.trial = TrialReporter(*self.where)
+        super().before_train()
+
+    def decide(self, value):
+        done = self.trainer.iter + 1
+        self.trial.report(value, done)
+        if not self.trial.should_prune():
+            return None
+        self.pruned_at, self.pruned_value = done, value
+        return self.stopped_reason()
+
+    def stopped_reason(self):
+        if self.pruned_at is None:
+            return None
+        return (f"sweep trial {self.where[2]} of study '{self.where[1]}' pruned after iteration "
+                f"{self.pruned_at}: {self.metric} {self.pruned_value:.5g} trails the study's other trials")
+
+    def after_train(self):
+        if self.pruned_at is not None and comm.is_main_process():
+            atomic_write_json(os.path.join(self.trainer.cfg.OUTPUT_DIR, "pruned.json"),
+                              {"trial": self.where[2], "study": self.where[1], "pruned_after_iteration":
+                               self.pruned_at, "metric": self.metric, "value": self.pruned_value})
+
+    def state_dict(self):
+        return {"pruned_at": self.pruned_at, "pruned_value": self.pruned_value}
+
+    def load_state_dict(self, state):
+        self.pruned_at = state.get("pruned_at")
+        self.pruned_value = state.get("pruned_value")
+
+
 def build_stopping_hooks(cfg):
-    """EarlyStopping (CITYSCAPES_FT.EARLY_STOP.PATIENCE > 0), on every process."""
+    """EarlyStopping (CITYSCAPES_FT.EARLY_STOP.PATIENCE > 0) and a sweep trial's pruning
+    (CITYSCAPES_FT.SWEEP.STORAGE set, with TEST.EVAL_PERIOD > 0), on every process."""
     ret = []
     metric, period = cfg.CITYSCAPES_FT.BEST_CHECKPOINT_METRIC, cfg.TEST.EVAL_PERIOD
     early = cfg.CITYSCAPES_FT.EARLY_STOP
@@ -125,4 +173,7 @@ def build_stopping_hooks(cfg):
         best = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
         ret.append(EarlyStopping(period, metric, cfg.CITYSCAPES_FT.BEST_CHECKPOINT_MODE, early.PATIENCE,
                                  early.MIN_DELTA, best_checkpoint=best))
+    sweep = cfg.CITYSCAPES_FT.SWEEP
+    if sweep.STORAGE and metric and period > 0:
+        ret.append(SweepTrialPruning(period, metric, sweep.STORAGE, sweep.STUDY, sweep.TRIAL))
     return ret

@@ -20,7 +20,8 @@ _TITLES = {"cityscapes": "Official Cityscapes metric (mask)", "bbox": "COCO-styl
            "segm": "COCO-style mask AP"}
 
 
-def _img(path, alt):
+def embed_png(path, alt):
+    """An <img> holding the PNG file itself: the page stays one self-contained file."""
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -61,6 +62,30 @@ def _training_set_table(training_set):
             f"<th>images per pass</th></tr>{rows}</table>")
 
 
+def _stopped_early_section(output_dir):
+    """Why the run ended before SOLVER.MAX_ITER (early_stop.json, a sweep's pruned.json) and
+    which checkpoint holds its best model."""
+    parts = []
+    path = os.path.join(output_dir, "early_stop.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            r = json.load(f)
+        best = r.get("best_checkpoint") or os.path.join(output_dir, "model_best.pth")
+        parts.append(
+            f"<p class='early-stop'>Stopped early after iteration {r['stopped_after_iteration']}: "
+            f"{html.escape(r['metric'])} had not improved by more than {r['min_delta']} for {r['patience']} "
+            f"evaluations. The best model, {html.escape(r['metric'])} {r['best']:.5g} after iteration "
+            f"{r['best_iteration']}, is <b>{html.escape(best)}</b>"
+            + ("" if os.path.isfile(best) else " (missing)") + ".</p>")
+    path = os.path.join(output_dir, "pruned.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            r = json.load(f)
+        parts.append(f"<p class='pruned'>Pruned by sweep '{html.escape(r['study'])}' (trial {r['trial']}) after "
+                     f"iteration {r['pruned_after_iteration']}: {html.escape(r['metric'])} {r['value']:.5g}.</p>")
+    return ("<h2>Stopped early</h2>" + "".join(parts)) if parts else ""
+
+
 def _digest(sha256):
     return f" (SHA-256 <code>{html.escape(sha256)}</code>)" if sha256 else ""
 
@@ -88,12 +113,13 @@ def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str
         parts.append(error_analysis_section(output_dir, final, class_names))
     else:
         parts.append("<h2>Evaluation</h2><p>No evaluation results yet.</p>")
+    parts.append(_stopped_early_section(output_dir))
     parts.append(foggy_section(output_dir))
     parts.append(robustness_section(output_dir))
     metrics = os.path.join(output_dir, "metrics.json")
     if os.path.isfile(metrics) and os.path.getsize(metrics):
         curves = plot_training_curves(metrics, os.path.join(output_dir, "training_curves.png"))
-        parts.append("<h2>Training curves</h2>" + _img(curves, "training curves"))
+        parts.append("<h2>Training curves</h2>" + embed_png(curves, "training curves"))
     config = os.path.join(output_dir, "config.yaml")
     training_set = os.path.join(output_dir, "training_set.json")
     training_images = None
@@ -108,7 +134,7 @@ def write_run_report(output_dir: str, class_names, max_pictures: int = 4) -> str
     pictures = sorted(glob.glob(os.path.join(output_dir, "predictions", "*.png")))[:max_pictures]
     if pictures:
         parts.append("<h2>Predictions (top) and ground truth (bottom)</h2>")
-        parts.extend(_img(p, os.path.basename(p)) for p in pictures)
+        parts.extend(embed_png(p, os.path.basename(p)) for p in pictures)
     if os.path.isfile(training_set):
         with open(training_set) as f:
             parts.append(_training_set_table(json.load(f)))
