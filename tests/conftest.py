@@ -133,6 +133,63 @@ def cityscapes_env(synthetic_root, monkeypatch):
     return synthetic_root
 
 
+CITYSCAPES_MAP = ("person", "person", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+# class-specific tensors of detectron2's ROI heads: rows per class, rows after the classes
+CLASS_ROWS = {"cls_score": (1, 1), "bbox_pred": (4, 0), "predictor": (1, 0)}
+
+
+def class_rows(key):
+    """(rows per class, rows after the classes) of a class-specific ROI-head tensor, else None."""
+    if not key.startswith("roi_heads.") or key.split(".")[-1] not in ("weight", "bias"):
+        return None
+    return CLASS_ROWS.get(key.split(".")[-2])
+
+
+def save_as_model_zoo_checkpoint(model, path):
+    """`model` saved as detectron2's model zoo saves checkpoints (a pickle of {"model": {name: numpy
+    array}, "__author__": ...}), with random class-specific rows so that every class's rows differ
+    from every other's. Returns the saved state."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().numpy()
+        if class_rows(key) is not None:
+            value = rng.normal(0, 0.01, size=value.shape).astype(value.dtype)
+        state[key] = value
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo (stand-in)"}, f)
+    return state
+
+
+def assert_coco_class_rows_transferred(coco, loaded):
+    """Each Cityscapes class holds the rows of its COCO class (detectron2's COCO class list, rider
+    from person), the background row is COCO's, every other tensor is the checkpoint's. `coco`:
+    name -> numpy array (a model-zoo checkpoint), `loaded`: the model's state dict. Returns the
+    number of tensors transferred by class."""
+    import numpy as np
+    from detectron2.data import MetadataCatalog
+
+    coco_classes = MetadataCatalog.get("coco_2017_train").thing_classes
+    sources = [coco_classes.index(c) for c in CITYSCAPES_MAP]
+    transferred = 0
+    for key, value in coco.items():
+        got = loaded[key].cpu().numpy()
+        rows = class_rows(key)
+        if rows is None or value.shape[0] == rows[0]:  # not class-specific, or class-agnostic
+            np.testing.assert_array_equal(got, value, err_msg=key)
+            continue
+        per_class, extra = rows
+        expected = np.concatenate([value[s * per_class:(s + 1) * per_class] for s in sources]
+                                  + ([value[-extra:]] if extra else []))
+        np.testing.assert_array_equal(got, expected, err_msg=key)
+        transferred += 1
+    return transferred
+
+
 def load_config(path, *opts):
     from cityscapes_ft.config import load_cityscapes_ft_cfg
 
@@ -172,3 +229,61 @@ def trained(synthetic_root, tmp_path_factory):
     for task in ("cityscapes", "bbox", "segm"):  # official, COCO box and COCO mask AP
         assert 10 < results[task]["AP"] < 100, (task, results[task])
     return out, proc
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium, which `make test` installs (install/setup_test_tools.sh)."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("chromium is not installed: run install/setup_test_tools.sh (needs root and apt-get)")
+    return path
+
+
+def headless_chromium(chromium, url, profile, *args):
+    """Headless chromium on `url` with `args` (--dump-dom, --screenshot=...), nothing fetched
+    from the network, its profile in `profile`; returns the finished process."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}"]
+    return subprocess.run([chromium] + flags + list(args) + [url], capture_output=True, text=True, timeout=120)
+
+
+# Run after the page's load event: what the browser made of it, as JSON in <pre id="page-probe">.
+_PAGE_PROBE = """<script>window.addEventListener("load", function () {
+  var root = document.documentElement, probe = document.createElement("pre");
+  probe.id = "page-probe";
+  probe.textContent = JSON.stringify({
+    scrollWidth: root.scrollWidth, clientWidth: root.clientWidth,
+    headings: Array.prototype.map.call(document.querySelectorAll("h2, h3"), function (h) { return h.textContent; }),
+    images: Array.prototype.map.call(document.images, function (i) {
+      var box = i.getBoundingClientRect();
+      return {alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, width: box.width, right: box.right};
+    }),
+    tables: Array.prototype.map.call(document.querySelectorAll("table"), function (t) {
+      return {cls: t.className, task: t.dataset.task || null, rows: Array.prototype.map.call(t.rows, function (r) {
+        return Array.prototype.map.call(r.cells, function (c) { return c.textContent; }); })};
+    })});
+  document.body.appendChild(probe);
+});</script>"""
+
+
+def probe_page_in_chromium(chromium, html_file, profile, width=1280, height=900):
+    """Opens a copy of `html_file` (beside it, so relative links hold) with a probe script added
+    in headless chromium at a window of width x height, and returns what the probe saw after the
+    load event: scrollWidth and clientWidth of the page, the h2/h3 headings, each image (alt,
+    complete, naturalWidth, rendered width and right edge) and each table (class, data-task, the
+    text of its cells by row)."""
+    import html
+
+    text = open(html_file, encoding="utf-8").read()
+    assert "</body>" in text, html_file
+    probed = os.path.join(os.path.dirname(html_file), "probed_" + os.path.basename(html_file))
+    with open(probed, "w", encoding="utf-8") as f:
+        f.write(text.replace("</body>", _PAGE_PROBE + "</body>", 1))
+    proc = headless_chromium(chromium, "file://" + probed, profile, f"--window-size={width},{height}", "--dump-dom")
+    found = re.search(r'<pre id="page-probe">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"chromium gave no probe result:\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))

@@ -223,20 +223,28 @@ def test_trained_model_errors_eval_only_saved_predictions_and_report(trained, sy
     assert "class='errors'" in report and "confusion" in report
 
 
-@pytest.mark.slow
-def test_robustness_benchmark_resumes_and_summarises(trained, synthetic_root, tmp_path):
-    """Two corruptions at severity 1 on the trained model: robustness.json holds clean, each
-    corruption's results and mPC/rPC = mean / clean; a second run with one more keeps the first."""
+@pytest.fixture(scope="module")
+def robustness_runs(trained, synthetic_root, tmp_path_factory):
+    """tools/test_robustness.py on the trained model: brightness at severity 1, then again with
+    gaussian_noise added (which resumes). Returns (its OUTPUT_DIR, robustness.json after the first
+    run, the second run's process)."""
     from conftest import FIXTURE
 
-    out, _ = trained
-    bench_dir = str(tmp_path / "robust")
+    bench_dir = str(tmp_path_factory.mktemp("robust"))
     args = [os.path.join("tools", "test_robustness.py"), "--config-file", FIXTURE, "--severities", "1"]
-    opts = ["OUTPUT_DIR", bench_dir, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+    opts = ["OUTPUT_DIR", bench_dir, "MODEL.WEIGHTS", os.path.join(trained[0], "model_final.pth"),
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "CITYSCAPES_FT.EVAL_TASKS", "('bbox', 'segm')"]
     run(args + ["--corruptions", "brightness"] + opts, synthetic_root)
     first = json.load(open(os.path.join(bench_dir, "robustness.json")))
     proc = run(args + ["--corruptions", "brightness,gaussian_noise"] + opts, synthetic_root)
+    return bench_dir, first, proc
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_resumes_and_summarises(robustness_runs):
+    """Two corruptions at severity 1 on the trained model: robustness.json holds clean, each
+    corruption's results and mPC/rPC = mean / clean; a second run with one more keeps the first."""
+    bench_dir, first, proc = robustness_runs
     assert "1 evaluations to run, 2 kept" in proc.stdout + proc.stderr
     bench = json.load(open(os.path.join(bench_dir, "robustness.json")))
     assert bench["corruptions"]["brightness"] == first["corruptions"]["brightness"]
@@ -247,3 +255,58 @@ def test_robustness_benchmark_resumes_and_summarises(trained, synthetic_root, tm
     assert bench["rPC"]["COCO mask AP"] == pytest.approx(100 * np.mean(aps) / clean)
     assert os.path.isfile(os.path.join(bench_dir, "robustness.png"))
     assert "robustness-summary" in open(os.path.join(bench_dir, "report.html")).read()
+
+
+# the report's analysis pictures, by their alt text: TIDE bars, confusion matrices, PR curves, robustness plot
+ANALYSIS_PICTURES = {"tide_errors", "confusion_bbox", "confusion_segm", "pr_curves_bbox", "pr_curves_segm",
+                     "robustness"}
+
+
+@pytest.mark.slow
+def test_report_analysis_sections_render_in_headless_chromium(trained, robustness_runs, synthetic_root, chromium,
+                                                             tmp_path, monkeypatch):
+    """The trained run's report with its error analysis (from its saved predictions) and the
+    robustness benchmark of its model, opened in a real browser: the tables hold what the JSON
+    holds, every analysis picture is decoded and fits the window, and the page does not scroll
+    sideways at common laptop widths."""
+    from conftest import probe_page_in_chromium
+
+    out = str(tmp_path / "run")
+    shutil.copytree(trained[0], out, ignore=shutil.ignore_patterns("*.pth", "events.out.*"))
+    for name in ("robustness.json", "robustness.png"):
+        shutil.copy(os.path.join(robustness_runs[0], name), out)
+    monkeypatch.setenv("DETECTRON2_DATASETS", synthetic_root)
+    import cityscapes_ft  # noqa: F401
+    from cityscapes_ft.data import CITYSCAPES_THING_CLASSES
+    from cityscapes_ft.evaluation.saved_analysis import analyze_saved_evaluation
+    from cityscapes_ft.visualization import write_run_report
+
+    errors = analyze_saved_evaluation(out, 0.5, 0.0)["cityscapes_ft_instance_val"]
+    report = write_run_report(out, list(CITYSCAPES_THING_CLASSES))
+    bench = json.load(open(os.path.join(out, "robustness.json")))
+    for width in (1024, 1366):
+        page = probe_page_in_chromium(chromium, report, str(tmp_path / "profile"), width=width)
+        assert page["scrollWidth"] <= page["clientWidth"], (width, page["scrollWidth"], page["clientWidth"])
+        headings = " | ".join(page["headings"])
+        assert "Error analysis" in headings and "Robustness to image corruptions" in headings, headings
+        for title in ("Error breakdown", "Box confusion matrix", "Mask confusion matrix", "Mask precision-recall"):
+            assert title in page["headings"], (title, headings)
+        pictures = {i["alt"]: i for i in page["images"] if i["alt"] in ANALYSIS_PICTURES}
+        assert set(pictures) == ANALYSIS_PICTURES, sorted(pictures)
+        for alt, image in pictures.items():
+            assert image["complete"] and image["naturalWidth"] > 0, image  # decoded, not a broken picture
+            assert 0 < image["width"] and image["right"] <= page["clientWidth"], (width, image)
+        tables = {t["cls"] + ":" + str(t["task"]): t["rows"] for t in page["tables"]}
+        summary = tables["errors:None"]
+        assert [row[0] for row in summary[1:]] == ["box", "mask"]
+        assert summary[0][1:] == ["AP50"] + list(ERRORS)
+        assert float(summary[2][summary[0].index("Miss")]) == pytest.approx(errors["segm"]["Miss"], abs=0.006)
+        per_class = tables["errors-per-class:segm"]
+        assert [row[0] for row in per_class[1:]] == list(CITYSCAPES_THING_CLASSES)
+        car = per_class[1 + list(CITYSCAPES_THING_CLASSES).index("car")]
+        assert float(car[1]) == pytest.approx(errors["segm"]["AP50-car"], abs=0.006)
+        robust = tables["robustness:None"]
+        assert robust[0] == ["corruption", "1"] and [r[0] for r in robust[1:]] == ["brightness", "gaussian_noise"]
+        assert float(robust[2][1]) == pytest.approx(bench["table"]["gaussian_noise"]["1"], abs=0.006)
+        rpc = {row[0]: row for row in tables["robustness-summary:None"][1:]}
+        assert float(rpc["COCO mask AP"][3]) == pytest.approx(bench["rPC"]["COCO mask AP"], abs=0.006)

@@ -6,12 +6,18 @@ our model name for name, hands each Cityscapes class the rows of its COCO class,
 and evaluates, tiny, on CPU."""
 import math
 import os
-import pickle
 
-import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, CS_FT_ON_CPU, load_config
+from conftest import (
+    CITYSCAPES_MAP,
+    CONFIGS,
+    CS_FT_ON_CPU,
+    assert_coco_class_rows_transferred,
+    save_as_model_zoo_checkpoint,
+    class_rows,
+    load_config,
+)
 
 # our config: detectron2's model-zoo config it fine-tunes from
 ZOO_CONFIGS = {
@@ -26,9 +32,6 @@ ZOO_CONFIGS = {
 # What the cs_ft family changes on purpose: 8 classes, COCO weights instead of ImageNet ones, the
 # device.
 DELIBERATE = {"ROI_HEADS.NUM_CLASSES", "WEIGHTS", "DEVICE"}
-CITYSCAPES_MAP = ("person", "person", "car", "truck", "bus", "train", "motorcycle", "bicycle")
-# class-specific tensors of detectron2's ROI heads: rows per class, rows after the classes
-CLASS_ROWS = {"cls_score": (1, 1), "bbox_pred": (4, 0), "predictor": (1, 0)}
 ON_CPU = (*CS_FT_ON_CPU, "SOLVER.IMS_PER_BATCH", "2", "TEST.PRECISE_BN.NUM_ITER", "2")
 
 
@@ -88,22 +91,7 @@ def coco_model_zoo_stand_in(zoo_config, path):
 
     torch.manual_seed(0)
     model = build_model(detectron2_zoo_cfg(zoo_config, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""))
-    rng = np.random.default_rng(0)
-    state = {}
-    for key, value in model.state_dict().items():
-        value = value.detach().numpy()
-        if class_rows(key) is not None:
-            value = rng.normal(0, 0.01, size=value.shape).astype(value.dtype)
-        state[key] = value
-    with open(path, "wb") as f:
-        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo (stand-in)"}, f)
-    return state
-
-
-def class_rows(key):
-    if not key.startswith("roi_heads.") or key.split(".")[-1] not in ("weight", "bias"):
-        return None
-    return CLASS_ROWS.get(key.split(".")[-2])
+    return save_as_model_zoo_checkpoint(model, path)
 
 
 def train_net_in_process(config, *argv):
@@ -140,21 +128,8 @@ def test_zoo_config_fine_tunes_from_its_coco_checkpoint_resumes_and_evaluates(na
     assert report.fresh == [] and report.unused == [], report.format()
     # each Cityscapes class holds the rows of its COCO class (detectron2's COCO class list), the
     # background row is COCO's, and every other tensor is the checkpoint's
-    coco_classes = MetadataCatalog.get("coco_2017_train").thing_classes
-    sources = [coco_classes.index(c) for c in CITYSCAPES_MAP]
     loaded = model.state_dict()
-    transferred = 0
-    for key, value in coco.items():
-        got = loaded[key].numpy()
-        rows = class_rows(key)
-        if rows is None or value.shape[0] == rows[0]:
-            np.testing.assert_array_equal(got, value, err_msg=key)
-            continue
-        per_class, extra = rows
-        expected = np.concatenate([value[s * per_class:(s + 1) * per_class] for s in sources]
-                                  + ([value[-extra:]] if extra else []))
-        np.testing.assert_array_equal(got, expected, err_msg=key)
-        transferred += 1
+    transferred = assert_coco_class_rows_transferred(coco, loaded)
     stages = 3 if "cascade" in name else 1
     # cls_score weight and bias per stage, bbox_pred too unless it is class-agnostic, mask predictor
     assert transferred == 2 * stages * (1 if cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG else 2) + 2

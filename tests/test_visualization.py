@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, FIXTURE, FIXTURE_MAX_ITER, REPO, load_config
+from conftest import CONFIGS, FIXTURE, FIXTURE_MAX_ITER, REPO, headless_chromium, load_config
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from PIL import Image
@@ -230,28 +230,15 @@ def test_training_leaves_curves_report_and_tensorboard_events(trained):
         assert f"<tr><td>{row['class']}</td><td>{row['instances']}</td><td>{row['images']}</td>" in html
 
 
-@pytest.fixture(scope="session")
-def chromium():
-    """Debian's chromium, which `make test` installs (install/setup_test_tools.sh)."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.skip("chromium is not installed: run install/setup_test_tools.sh (needs root and apt-get)")
-    return path
-
-
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(trained, chromium, tmp_path):
     out, _ = trained
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
     url = "file://" + os.path.join(out, "report.html")
-    dom = subprocess.run([chromium] + flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = headless_chromium(chromium, url, tmp_path / "profile", "--dump-dom").stdout
     assert dom.count("<table class=\"per-class\"") == 3
     assert "<td>rider</td>" in dom and "Training curves" in dom
     shot = tmp_path / "report.png"
-    subprocess.run([chromium] + flags + ["--window-size=1200,2400", f"--screenshot={shot}", url],
-                   capture_output=True, timeout=120)
+    headless_chromium(chromium, url, tmp_path / "profile", "--window-size=1200,2400", f"--screenshot={shot}")
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert (pixels < 200).mean() > 0.05  # tables, curves and pictures were painted, not a blank page
 

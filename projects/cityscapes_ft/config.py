@@ -47,6 +47,13 @@ def add_cityscapes_ft_config(cfg):
     cfg.MODEL.HEAD_TRANSFER.SOURCE_DATASET = "coco_2017_train"
 
     cfg.CITYSCAPES_FT = CN()
+    # A run from a detectron2 LazyConfig file (tools/lazyconfig_train_net.py, cityscapes_ft.lazy):
+    # the file and its lower-case `key=value` overrides, from which every process builds the
+    # model, the mappers and the optimizer's parameter rules; the rest of the file is translated
+    # into this config's keys. "" for YAML runs.
+    cfg.CITYSCAPES_FT.LAZY_CONFIG = CN()
+    cfg.CITYSCAPES_FT.LAZY_CONFIG.FILE = ""
+    cfg.CITYSCAPES_FT.LAZY_CONFIG.OVERRIDES = ()
     # What CityscapesInstanceSegEvaluator reports: "cityscapes" is the official metric
     # (cityscapesscripts, mask AP/AP50), "bbox" and "segm" are COCO-style AP from pycocotools.
     cfg.CITYSCAPES_FT.EVAL_TASKS = ("cityscapes", "bbox", "segm")
@@ -143,9 +150,9 @@ def load_cityscapes_ft_cfg(config_file, opts=()):
         raise FileNotFoundError(f"--config-file: no such file '{config_file}' (try configs/cs_ft.yaml)")
     if config_file.endswith(".py"):
         raise ConfigNotRunnable(
-            f"--config-file {config_file} is a LazyConfig (.py) file; tools/train_net.py reads YAML "
-            "configs (configs/*.yaml, or detectron2's model-zoo .yaml files). Training from LazyConfig "
-            "files is not supported by cityscapes-ft yet"
+            f"--config-file {config_file} is a LazyConfig (.py) file: run it with "
+            f"tools/lazyconfig_train_net.py --config-file {config_file} (overrides as key=value); "
+            "tools/train_net.py reads YAML configs"
         )
     cfg = get_cfg()
     add_cityscapes_ft_config(cfg)

@@ -37,13 +37,19 @@ def argument_parser(epilog=None):
     return default_argument_parser(epilog=epilog)
 
 
-def setup_cfg(args):
+def load_yaml_run_config(config_file, opts):
+    """(config, typed keys) of a YAML config file and its KEY VALUE overrides."""
+    return load_cityscapes_ft_cfg(config_file, opts), command_line_keys(opts)
+
+
+def setup_cfg(args, load_config=load_yaml_run_config):
     """The one config pipeline, before any trainer exists, top-down: load (detectron2's defaults,
-    our keys, the file, the KEY VALUE pairs) -> check -> hold OUTPUT_DIR -> resolve the training
+    our keys, the file, the overrides; `load_config(config_file, opts)` -> (config, typed keys):
+    YAML here, LazyConfig files through cityscapes_ft.lazy.load_lazy_cityscapes_ft_cfg) -> check -> hold OUTPUT_DIR -> resolve the training
     schedule for this run into the config (command-line values used as typed) -> freeze ->
     detectron2's default_setup, which writes OUTPUT_DIR/config.yaml once: the whole description
     of the run, which reproduces it when passed back with --config-file."""
-    cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
+    cfg, typed = load_config(args.config_file, args.opts)
     check_config_runnable(cfg)
     for name in cfg.DATASETS.TEST:
         evaluator_types(name)  # a test dataset we cannot evaluate is refused now, not after training
@@ -54,7 +60,7 @@ def setup_cfg(args):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cityscapes_ft", abbrev_name="csft")
         schedule = None
         if not args.eval_only:
-            cfg, schedule = resolve_config(cfg, command_line_keys(args.opts))
+            cfg, schedule = resolve_config(cfg, typed)
         cfg.freeze()
         default_setup(cfg, args)  # logs the environment and the config, writes config.yaml
     except BaseException:
@@ -76,10 +82,11 @@ def resolve_config(cfg, given=None):
     return resolve_training_schedule(cfg, comm.get_world_size(), len(training_dataset_dicts(cfg)), given)
 
 
-def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer):
+def train_or_evaluate(args, trainer_cls=CityscapesFTTrainer, load_config=load_yaml_run_config):
     """The body of tools/train_net.py's main(): train (optionally resuming) or, with --eval-only,
-    evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)."""
-    cfg = setup_cfg(args)
+    evaluate MODEL.WEIGHTS (or the last checkpoint with --resume). tools/lazyconfig_train_net.py
+    passes load_config=load_lazy_cityscapes_ft_cfg."""
+    cfg = setup_cfg(args, load_config)
     try:
         if args.eval_only:
             return _evaluate(args, cfg, trainer_cls)

@@ -15,23 +15,33 @@ NORM_TYPES = (
 )
 
 
+# The attribute of detectron2's feature-pyramid backbones that holds the trunk: FPN's ResNet or
+# RegNet (`bottom_up`), ViTDet's SimpleFeaturePyramid's ViT (`net`).
+TRUNK_ATTRIBUTES = ("bottom_up", "net")
+
+
+def _trunk_attribute(backbone):
+    return next((name for name in TRUNK_ATTRIBUTES if hasattr(backbone, name)), None)
+
+
 def backbone_modules(model, include_fpn: bool):
-    """The modules that staged freezing and the BACKBONE multiplier act on: the ResNet of an FPN
-    backbone (its `bottom_up`), or the whole backbone when it has no FPN; with include_fpn, the
-    whole backbone."""
+    """The modules that staged freezing and the BACKBONE multiplier act on: the trunk of a
+    feature-pyramid backbone (FPN's `bottom_up`, SimpleFeaturePyramid's `net`), or the whole
+    backbone when it has no pyramid; with include_fpn, the whole backbone."""
     backbone = unwrap(model).backbone
-    if include_fpn or not hasattr(backbone, "bottom_up"):
+    trunk = _trunk_attribute(backbone)
+    if include_fpn or trunk is None:
         return backbone
-    return backbone.bottom_up
+    return getattr(backbone, trunk)
 
 
 def model_part(model, parameter_name: str) -> str:
-    """'backbone' (the ResNet), 'fpn' (the rest of model.backbone) or 'heads' (RPN, ROI heads)."""
+    """'backbone' (the trunk: ResNet, RegNet, ViT), 'fpn' (the rest of model.backbone) or 'heads'
+    (RPN, ROI heads)."""
     if not parameter_name.startswith("backbone."):
         return "heads"
-    if hasattr(unwrap(model).backbone, "bottom_up") and not parameter_name.startswith(
-        "backbone.bottom_up."
-    ):
+    trunk = _trunk_attribute(unwrap(model).backbone)
+    if trunk is not None and not parameter_name.startswith(f"backbone.{trunk}."):
         return "fpn"
     return "backbone"
 

@@ -26,6 +26,7 @@ from ..data import build_mapper, log_training_set, training_dataset_dicts, train
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import CheckpointUnreadable, CityscapesFTError, TrainingDiverged
 from ..evaluation import build_evaluator, flat_metric_tasks, format_results_tables
+from ..lazy.build import build_lazy_optimizer
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
 from .ddp import wrap_for_distributed
@@ -347,8 +348,11 @@ class CityscapesFTTrainer(TrainerBase):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """SGD over layer-wise parameter groups (engine/optimizer.py); detectron2's optional gradient
-        clipping (SOLVER.CLIP_GRADIENTS) runs in the step, before the optimizer's."""
+        """SGD over layer-wise parameter groups (engine/optimizer.py), or a LazyConfig run's own
+        optimizer split into the same parts (lazy.build_lazy_optimizer); detectron2's optional
+        gradient clipping (SOLVER.CLIP_GRADIENTS) runs in the step, before the optimizer's."""
+        if cfg.CITYSCAPES_FT.LAZY_CONFIG.FILE:
+            return build_lazy_optimizer(cfg, model)
         return build_layerwise_optimizer(cfg, model)
 
     @classmethod

@@ -1,0 +1,8 @@
+"""Fine-tune detectron2's new-baseline Mask R-CNN RegNetY-4GF-FPN, 400 COCO epochs with large-scale jitter (COCO 48.2 box / 43.3 mask AP) on Cityscapes (configs/common/cs_ft_lazy.py:
+what is kept from the checkpoint's training, input sizes, schedule in epochs, head transfer).
+
+    python tools/lazyconfig_train_net.py --config-file configs/cs_ft_regnety_4gf_dds_FPN_400ep_LSJ.py --num-gpus 8
+"""
+from .common.cs_ft_lazy import new_baseline_fine_tune
+
+model, dataloader, optimizer, train, lr_multiplier, input_sizes, recipe = new_baseline_fine_tune("mask_rcnn_regnety_4gf_dds_FPN_400ep_LSJ")
