@@ -259,8 +259,18 @@ _PAGE_PROBE = """<script>window.addEventListener("load", function () {
     scrollWidth: root.scrollWidth, clientWidth: root.clientWidth,
     headings: Array.prototype.map.call(document.querySelectorAll("h2, h3"), function (h) { return h.textContent; }),
     images: Array.prototype.map.call(document.images, function (i) {
-      var box = i.getBoundingClientRect();
-      return {alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, width: box.width, right: box.right};
+      var box = i.getBoundingClientRect(), opaque = null;
+      if (i.naturalWidth > 0) {  // the share of its lower half painted: a truncated file leaves it transparent
+        var canvas = document.createElement("canvas"), h = Math.ceil(i.naturalHeight / 2);
+        canvas.width = i.naturalWidth; canvas.height = i.naturalHeight;
+        var context = canvas.getContext("2d");
+        context.drawImage(i, 0, 0);
+        var alpha = context.getImageData(0, i.naturalHeight - h, i.naturalWidth, h).data, n = 0;
+        for (var k = 3; k < alpha.length; k += 4) { if (alpha[k] > 0) n++; }
+        opaque = n / (alpha.length / 4);
+      }
+      return {alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, lowerHalfPainted: opaque,
+              width: box.width, right: box.right};
     }),
     tables: Array.prototype.map.call(document.querySelectorAll("table"), function (t) {
       return {cls: t.className, task: t.dataset.task || null, rows: Array.prototype.map.call(t.rows, function (r) {
@@ -274,8 +284,8 @@ def probe_page_in_chromium(chromium, html_file, profile, width=1280, height=900)
     """Opens a copy of `html_file` (beside it, so relative links hold) with a probe script added
     in headless chromium at a window of width x height, and returns what the probe saw after the
     load event: scrollWidth and clientWidth of the page, the h2/h3 headings, each image (alt,
-    complete, naturalWidth, rendered width and right edge) and each table (class, data-task, the
-    text of its cells by row)."""
+    complete, naturalWidth, the share of its lower half's pixels that are painted, rendered width
+    and right edge) and each table (class, data-task, the text of its cells by row)."""
     import html
 
     text = open(html_file, encoding="utf-8").read()
