@@ -10,7 +10,8 @@ from cityscapes_ft.checks import check_config_runnable, detectron2_has_compiled_
 from cityscapes_ft.errors import ConfigNotRunnable
 
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
-                      if not os.path.basename(p).startswith("Base-"))
+                      if not os.path.basename(p).startswith("Base-")
+                      and os.path.dirname(p) != os.path.join(CONFIGS, "sweeps"))  # search spaces, not configs
 
 
 def _stand_in_installed():

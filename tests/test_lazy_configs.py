@@ -121,8 +121,7 @@ def test_lazy_optimizer_keeps_the_configs_rules_per_model_part():
     """ViTDet-style layer-wise decay (an lr_factor_func) and the LR multipliers both shape the groups."""
     from detectron2.modeling import build_model
 
-    from cityscapes_ft.engine.optimizer import model_part
-    from cityscapes_ft.lazy import build_lazy_optimizer
+    from cityscapes_ft.engine.optimizer import build_lazy_optimizer, model_part
 
     cfg, _ = lazy_cfg("cs_ft_R_50_FPN_100ep_LSJ.py", *ON_CPU, "CITYSCAPES_FT.LR_MULTIPLIER.BACKBONE=0.5",
                       "optimizer.lr=0.04")

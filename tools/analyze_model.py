@@ -12,17 +12,17 @@ import json
 
 from detectron2.utils.logger import setup_logger
 
-from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.engine import argument_parser
 from cityscapes_ft.engine.analysis import TASKS, analyze_model
 from cityscapes_ft.errors import user_errors_as_messages
+from cityscapes_ft.lazy import load_config_file
 from cityscapes_ft.utils import atomic_write_json, json_text
 
 
 def main(args):
     setup_logger(name="cityscapes_ft")
     setup_logger(name="fvcore")
-    cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
+    cfg = load_config_file(args.config_file, args.opts)
     cfg.freeze()
     report = analyze_model(cfg, args.tasks, args.num_inputs, args.dataset)
     summary = {k: report[k] for k in report if k not in ("flops", "activations", "parameters")}

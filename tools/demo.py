@@ -16,9 +16,9 @@ import logging
 
 from detectron2.utils.logger import setup_logger
 
-from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.errors import user_errors_as_messages
 from cityscapes_ft.export import ExportedInstancePredictor
+from cityscapes_ft.lazy import load_config_file
 from cityscapes_ft.visualization import DemoInputError, VisualizationDemo, expand_inputs
 from cityscapes_ft.visualization.demo import display_available, set_confidence_threshold
 
@@ -45,7 +45,7 @@ def get_parser():
 def main(args):
     setup_logger(name="cityscapes_ft")
     setup_logger(name="fvcore")
-    cfg = load_cityscapes_ft_cfg(args.config_file, list(args.opts) + list(args.flag_opts))
+    cfg = load_config_file(args.config_file, list(args.opts) + list(args.flag_opts))
     set_confidence_threshold(cfg, args.confidence_threshold)
     cfg.freeze()
     if (args.input or args.video_input) and not args.output and not display_available():

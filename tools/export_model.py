@@ -17,16 +17,16 @@ import logging
 
 from detectron2.utils.logger import setup_logger
 
-from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.engine import argument_parser
 from cityscapes_ft.errors import user_errors_as_messages
 from cityscapes_ft.export import FORMATS, evaluate_export, export_model
+from cityscapes_ft.lazy import load_config_file
 
 
 def main(args):
     setup_logger(name="cityscapes_ft")
     setup_logger(name="detectron2")
-    cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
+    cfg = load_config_file(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"  # the exported graph and its runner are CPU ones
     cfg.freeze()
     meta = export_model(cfg, args.output, args.format)

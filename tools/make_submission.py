@@ -14,16 +14,16 @@ import json
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.engine import argument_parser, launch
 from cityscapes_ft.engine.submission import make_submission
 from cityscapes_ft.errors import user_errors_as_messages
+from cityscapes_ft.lazy import load_config_file
 
 
 def main(args):
     setup_logger(name="cityscapes_ft", distributed_rank=comm.get_rank())
     setup_logger(name="detectron2", distributed_rank=comm.get_rank())
-    cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
+    cfg = load_config_file(args.config_file, args.opts)
     cfg.freeze()
     summary = make_submission(cfg, args.split, args.output)
     if summary:

@@ -9,8 +9,8 @@ into a window (any key: next, Esc: stop) where there is a display.
 """
 import argparse
 
-from cityscapes_ft.config import load_cityscapes_ft_cfg
 from cityscapes_ft.errors import user_errors_as_messages
+from cityscapes_ft.lazy import load_config_file
 from cityscapes_ft.visualization import DemoInputError, draw_dataset
 from cityscapes_ft.visualization.dataset_viewer import dataset_pictures
 from cityscapes_ft.visualization.demo import display_available, show_in_window
@@ -31,7 +31,7 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     with user_errors_as_messages():
-        cfg = load_cityscapes_ft_cfg(args.config_file, args.opts)
+        cfg = load_config_file(args.config_file, args.opts)
         dataset = args.dataset or cfg.DATASETS.TRAIN[0]
         if args.show:
             if not display_available():

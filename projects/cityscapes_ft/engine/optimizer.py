@@ -1,9 +1,14 @@
 """SGD with one parameter group per model part (backbone, FPN, heads) and kind (weights, biases,
 norms), so each part has its own LR multiplier and norms/biases their own weight decay."""
-from collections import OrderedDict
+import copy
+from collections import OrderedDict, defaultdict
 
 import torch
+from detectron2.config import instantiate
+from detectron2.utils.registry import locate
+from omegaconf import OmegaConf
 
+from ..lazy.build import lazy_config_of
 from .ddp import unwrap
 
 MODEL_PARTS = ("backbone", "fpn", "heads")
@@ -89,6 +94,48 @@ def build_layerwise_optimizer(cfg, model) -> torch.optim.Optimizer:
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
+
+
+def build_lazy_optimizer(cfg, model):
+    """The LazyConfig's `optimizer` (its class and parameter rules: detectron2's
+    get_default_optimizer_params with, e.g., ViTDet's layer-wise decay) with the CfgNode's resolved
+    SOLVER values, its groups split by model part (backbone, FPN, heads) so CITYSCAPES_FT.LR_MULTIPLIER
+    and the LR scheduler act on them as on the YAML runs' groups."""
+    node = copy.deepcopy(lazy_config_of(cfg).optimizer)
+    solver = cfg.SOLVER
+    node.lr = solver.BASE_LR
+    node.weight_decay = solver.WEIGHT_DECAY
+    if "momentum" in node:
+        node.momentum = solver.MOMENTUM
+    if "nesterov" in node:
+        node.nesterov = solver.NESTEROV
+    params = node.params
+    params.model = unwrap(model)
+    if str(params.get("_target_", "")).endswith("get_default_optimizer_params") or getattr(
+            params.get("_target_"), "__name__", "") == "get_default_optimizer_params":
+        params.base_lr = solver.BASE_LR
+        params.weight_decay = solver.WEIGHT_DECAY
+        params.weight_decay_norm = solver.WEIGHT_DECAY_NORM
+        params.bias_lr_factor = solver.BIAS_LR_FACTOR
+        params.weight_decay_bias = solver.WEIGHT_DECAY_BIAS
+    groups = instantiate(params)  # detectron2's groups: {"params": [...], "lr": ..., ...}
+    multipliers = {part: float(getattr(cfg.CITYSCAPES_FT.LR_MULTIPLIER, part.upper())) for part in MODEL_PARTS}
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    split = []
+    for i, group in enumerate(groups):
+        by_part = defaultdict(list)
+        for p in group["params"]:
+            by_part[model_part(model, names[id(p)])].append(p)
+        for part, group_params in by_part.items():
+            lr = group.get("lr", solver.BASE_LR) * multipliers[part]
+            split.append({**group, "params": group_params, "lr": lr,
+                          "lr_factor": lr / solver.BASE_LR if solver.BASE_LR else 0.0,
+                          "part": part, "name": f"{part}/group{i}"})
+    # the optimizer class with the node's other arguments, over these groups (an OmegaConf node
+    # cannot hold the parameter tensors)
+    target = node._target_
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("_target_", "params")}
+    return (locate(target) if isinstance(target, str) else target)(split, **kwargs)
 
 
 def clip_gradients(optimizer, clip_cfg) -> None:

@@ -26,13 +26,12 @@ from ..data import build_mapper, log_training_set, training_dataset_dicts, train
 from ..data.resumable_loader import ResumableTrainLoader, derived_seed
 from ..errors import CheckpointUnreadable, CityscapesFTError, TrainingDiverged
 from ..evaluation import build_evaluator, flat_metric_tasks, format_results_tables
-from ..lazy.build import build_lazy_optimizer
 from ..schedule import check_schedule_resolved, per_process_batch
 from ..utils import atomic_write_json
 from .ddp import wrap_for_distributed
 from .hooks import LayerwiseLRScheduler, PeriodicCheckpointerAfterEvaluation, StagedBackboneFreeze
 from .metrics_writer import AtomicJSONWriter
-from .optimizer import build_layerwise_optimizer, clip_gradients
+from .optimizer import build_layerwise_optimizer, build_lazy_optimizer, clip_gradients
 from .run_directory import STAGING_SUFFIX, replace_directory, staging_directory
 from .stopping import build_stopping_hooks
 from .tracking import TrackingRun, build_tracking_writers

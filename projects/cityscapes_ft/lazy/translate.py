@@ -20,7 +20,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import _ints_for_float_keys, _unknown_key_message, add_cityscapes_ft_config
+from ..config import _ints_for_float_keys, _unknown_key_message, add_cityscapes_ft_config, load_cityscapes_ft_cfg
 from ..errors import ConfigNotRunnable
 
 logger = logging.getLogger(__name__)
@@ -282,3 +282,11 @@ def load_lazy_cityscapes_ft_cfg(config_file: str, opts: Sequence[str] = ()) -> T
     if unused:
         logger.info(f"{config_file}: not used by cityscapes-ft's trainer: {', '.join(unused)}")
     return cfg, typed_keys(lazy_overrides, yacs_overrides)
+
+
+def load_config_file(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """The config of a YAML file (KEY VALUE overrides) or of a LazyConfig .py file (key=value
+    overrides), for the tools that take either (analysis, demo, export, submission, viewers)."""
+    if config_file.endswith(".py"):
+        return load_lazy_cityscapes_ft_cfg(config_file, opts)[0]
+    return load_cityscapes_ft_cfg(config_file, opts)
