@@ -156,6 +156,25 @@ def test_corruptions_are_seeded_and_the_packages_own_pixels():
     assert corruption_seed("fog", 1, "a") != corruption_seed("fog", 2, "a")
 
 
+def test_our_glass_blur_gives_the_packages_pixels_at_every_severity():
+    """corrupt_image's glass blur (chains of copies followed at once) against the package's own
+    per-pixel loop, on an odd-sized image (so rows and columns differ) and a scene with edges."""
+    from imagecorruptions import corrupt
+
+    from cityscapes_ft.data.corruptions import corrupt_image
+
+    rng = np.random.default_rng(1)
+    noise = (rng.random((97, 131, 3)) * 255).astype(np.uint8)
+    scene = np.zeros((80, 120, 3), dtype=np.uint8)
+    scene[20:60, 30:70] = (200, 40, 10)
+    scene[:, 90:] = 255
+    for image in (noise, scene):
+        for severity in (1, 2, 3, 4, 5):
+            np.random.seed(100 + severity)
+            reference = corrupt(image, corruption_name="glass_blur", severity=severity)
+            np.testing.assert_array_equal(corrupt_image(image, "glass_blur", severity, 100 + severity), reference)
+
+
 def test_foggy_cityscapes_registered_with_gtfine_annotations(synthetic_root, tmp_path, monkeypatch):
     import shutil
 
