@@ -178,7 +178,8 @@ def fine_tune_transfer_resume_evaluate(config, coco_model, stages, tmp_path):
 
     common = [*ON_CPU, f"train.init_checkpoint={stand_in}", "train.checkpointer.period=1", "train.eval_period=0",
               "dataloader.test.dataset.names=[]", "train.seed=5",
-              "lr_multiplier.warmup_length=0"]  # (a warmup longer than the run stretches with max_iter)
+              "lr_multiplier.warmup_length=0",  # (a warmup longer than the run stretches with max_iter)
+              "CITYSCAPES_FT.BACKBONE_FREEZE.ITERS=1"]  # staged freezing: the trunk trains from iteration 1
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     lazyconfig_train_net(config, *common, "train.max_iter=2", f"train.output_dir={straight}")
     lazyconfig_train_net(config, *common, "train.max_iter=1", f"train.output_dir={split}")
@@ -189,6 +190,12 @@ def fine_tune_transfer_resume_evaluate(config, coco_model, stages, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # exact resume
     cls_key = next(k for k in coco if k.endswith("cls_score.weight"))
     assert not torch.equal(a[cls_key], model.state_dict()[cls_key])  # it trained
+    # after iteration 0 the trunk's weights were still the checkpoint's; after iteration 1 not
+    first = torch.load(os.path.join(split, "model_0000000.pth"), map_location="cpu", weights_only=False)["model"]
+    trunk = [n for n, _ in model.named_parameters() if n.startswith(("backbone.bottom_up.", "backbone.net."))]
+    assert trunk and all(torch.equal(first[n], model.state_dict()[n]) for n in trunk)
+    assert not all(torch.equal(a[n], model.state_dict()[n]) for n in trunk)
+    assert not torch.equal(first[cls_key], model.state_dict()[cls_key])
 
     results = lazyconfig_train_net(config, "--eval-only", *ON_CPU, f"train.output_dir={tmp_path / 'eval'}",
                                    f"train.init_checkpoint={os.path.join(straight, 'model_final.pth')}")
@@ -238,3 +245,56 @@ def test_vitdet_fine_tune_transfers_trains_resumes_exactly_and_evaluates(config,
     coco = lazy_config_of(cfg).model
     coco.roi_heads.num_classes = 80
     fine_tune_transfer_resume_evaluate(config, coco, stages, tmp_path)
+
+
+def test_detectron2s_own_lazyconfig_translates_to_its_yaml_twin():
+    """detectron2 ships the same R50-FPN 1x recipe as a LazyConfig and as a YAML config: the
+    translation gives the YAML's keys."""
+    from detectron2 import model_zoo
+
+    from conftest import load_config
+
+    name = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x"
+    ours, _ = lazy_cfg(model_zoo.get_config_file(name + ".py"))
+    theirs = load_config(model_zoo.get_config_file(name + ".yaml"))
+    for key in ("SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.GAMMA", "SOLVER.BASE_LR", "SOLVER.IMS_PER_BATCH",
+                "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_FACTOR", "SOLVER.WEIGHT_DECAY", "SOLVER.MOMENTUM",
+                "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.FORMAT", "DATASETS.TRAIN", "DATASETS.TEST",
+                "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.MASK_ON"):
+        a, b = ours, theirs
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        assert a == b, (key, a, b)
+
+
+@pytest.mark.slow
+def test_detectron2s_own_lazyconfig_trains_on_cityscapes_in_two_processes(synthetic_root, tmp_path):
+    """A user's path: detectron2's unmodified LazyConfig file, our datasets by name, --num-gpus 2."""
+    import json
+
+    from detectron2 import model_zoo
+
+    from conftest import run
+
+    out = tmp_path / "run"
+    run(["tools/lazyconfig_train_net.py", "--config-file",
+         model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py"),
+         "--num-gpus", "2", "--dist-url", "auto",
+         "dataloader.train.dataset.names=cityscapes_ft_instance_train",
+         "dataloader.test.dataset.names=cityscapes_ft_instance_val", "model.roi_heads.num_classes=8",
+         "train.device=cpu", "train.init_checkpoint=", "dataloader.train.total_batch_size=2",
+         "dataloader.train.num_workers=0", "train.max_iter=2", "train.eval_period=2",
+         "dataloader.train.mapper.augmentations.0.short_edge_length=[96]",
+         "dataloader.train.mapper.augmentations.0.max_size=192",
+         "dataloader.test.mapper.augmentations.0.short_edge_length=96",
+         "dataloader.test.mapper.augmentations.0.max_size=192",
+         "model.roi_heads.batch_size_per_image=64", f"train.output_dir={out}",
+         # from scratch: GroupNorm (detectron2's FrozenBN diverges at once, as our start-up warning says)
+         "model.backbone.bottom_up.stem.norm=GN", "model.backbone.bottom_up.stages.norm=GN"], synthetic_root)
+    log = (out / "log.txt").read_text()
+    assert "World size: 2" in log and "Starting training from iteration 0" in log
+    record = json.loads((out / "eval_results" / "cityscapes_ft_instance_val_iter0000002.json").read_text())
+    assert {"cityscapes", "bbox", "segm"} <= set(record["results"])  # our evaluator, by evaluator_type
+    config = (out / "config.yaml").read_text()
+    assert "mask_rcnn_R_50_FPN_1x.py" in config and "MAX_ITER: 2" in config and "IMS_PER_BATCH: 2" in config
+    assert "NORM: GN" in config and "MODEL.RESNETS.NORM is FrozenBN" not in log

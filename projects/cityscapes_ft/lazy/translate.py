@@ -53,6 +53,10 @@ TRANSLATED_KEYS = {
     "optimizer.params.bias_lr_factor": "SOLVER.BIAS_LR_FACTOR",
     "optimizer.params.weight_decay_bias": "SOLVER.WEIGHT_DECAY_BIAS",
     "model.roi_heads.num_classes": "MODEL.ROI_HEADS.NUM_CLASSES",
+    # a ResNet trunk's (for the log's checks and config.yaml; the model is built from the file)
+    "model.backbone.bottom_up.stages.depth": "MODEL.RESNETS.DEPTH",
+    "model.backbone.bottom_up.stages.norm": "MODEL.RESNETS.NORM",
+    "model.backbone.bottom_up.freeze_at": "MODEL.BACKBONE.FREEZE_AT",
     "lr_multiplier.scheduler.milestones": "SOLVER.STEPS",
     "lr_multiplier.scheduler.values": "SOLVER.GAMMA",
     "lr_multiplier.warmup_length": "SOLVER.WARMUP_ITERS",
@@ -148,7 +152,10 @@ def _schedule_values(lazy, config_file) -> Dict[str, object]:
                 "constant factor per step (what detectron2's SOLVER.GAMMA states)"
             )
         out["SOLVER.GAMMA"] = ratios.pop() if ratios else 0.1
-        out["SOLVER.STEPS"] = tuple(int(m) for m in (scheduler.get("milestones") or ()))
+        milestones = [int(m) for m in (scheduler.get("milestones") or ())]
+        if scheduler.get("num_updates") is None and len(milestones) == len(values):
+            milestones = milestones[:-1]  # fvcore: without num_updates, the last milestone is the end
+        out["SOLVER.STEPS"] = tuple(milestones)
         out["SOLVER.LR_SCHEDULER_NAME"] = "WarmupMultiStepLR"
     elif name.endswith("CosineParamScheduler"):
         if float(scheduler.get("start_value", 1.0)) != 1.0 or float(scheduler.get("end_value", 0.0)) != 0.0:
@@ -262,6 +269,8 @@ def load_lazy_cityscapes_ft_cfg(config_file: str, opts: Sequence[str] = ()) -> T
         values[key] = (value, "lr_multiplier" if key.startswith("SOLVER.") else "dataloader.test.mapper")
     for key, (value, lazy_key) in values.items():
         _set(cfg, key, value, config_file, lazy_key)
+    if _select(lazy, "model.backbone.bottom_up.stages.norm") is None:  # RegNet, ViT: no ResNet keys
+        cfg.MODEL.RESNETS.NORM = str(_select(lazy, "model.backbone.bottom_up.norm") or "")
     cfg.MODEL.MASK_ON = _select(lazy, "model.roi_heads.mask_head") is not None
     if _target_name(_select(lazy, "model.roi_heads")).endswith("CascadeROIHeads"):
         cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
