@@ -1,12 +1,12 @@
 """The report's error-analysis and robustness sections (HTML), from what the run left on disk:
 results["errors"] of the evaluation, its error_analysis/ pictures, OUTPUT_DIR/robustness.json."""
-import base64
 import glob
 import html
 import json
 import os
 
 from ..evaluation.errors import TIDE_ERRORS
+from .page import embed_png
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
@@ -15,12 +15,6 @@ _KINDS = {"bbox": "box", "segm": "mask"}
 
 def _fmt(v):
     return "nan" if v is None or v != v else f"{v:.2f}"
-
-
-def _img(path, alt):
-    with open(path, "rb") as f:
-        data = base64.b64encode(f.read()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def error_analysis_section(output_dir, final, class_names):
@@ -48,7 +42,7 @@ def error_analysis_section(output_dir, final, class_names):
                         ("pr_curves_segm", "Mask precision-recall")):
         path = os.path.join(folder, name + ".png")
         if os.path.isfile(path):
-            out.append(f"<h3>{title}</h3>" + _img(path, name))
+            out.append(f"<h3>{title}</h3>" + embed_png(path, name))
     return "\n".join(out)
 
 
@@ -77,7 +71,7 @@ def robustness_section(output_dir):
         out.append("</table>")
     plot = os.path.join(output_dir, ROBUSTNESS_PLOT)
     if os.path.isfile(plot):
-        out.append(_img(plot, "robustness"))
+        out.append(embed_png(plot, "robustness"))
     return "\n".join(out)
 
 

@@ -1,5 +1,4 @@
 """One self-contained HTML page per run: config summary, metrics tables, curves, pictures."""
-import base64
 import glob
 import html
 import json
@@ -10,6 +9,7 @@ from ..schedule import TrainingSchedule
 from ..utils import atomic_open
 from .analysis_sections import error_analysis_section, foggy_section, robustness_section
 from .curves import plot_training_curves
+from .page import embed_png
 
 REPORT_FILE = "report.html"
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
@@ -18,13 +18,6 @@ th{background:#eee}td:first-child{text-align:left}img{max-width:100%;margin:0.3e
 pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:25em}"""
 _TITLES = {"cityscapes": "Official Cityscapes metric (mask)", "bbox": "COCO-style box AP",
            "segm": "COCO-style mask AP"}
-
-
-def embed_png(path, alt):
-    """An <img> holding the PNG file itself: the page stays one self-contained file."""
-    with open(path, "rb") as f:
-        data = base64.b64encode(f.read()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _tables(results, class_names):

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..utils import atomic_open  # noqa: E402
-from .report import embed_png  # noqa: E402
+from .page import embed_png  # noqa: E402
 
 SWEEP_REPORT = "sweep.html"
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;
