@@ -17,12 +17,16 @@ def test_dry_run_measures_every_step_into_one_json(tmp_path):
     steps = result["steps"]
     # the evaluation step's reference is detectron2's own Cityscapes evaluator (broken upstream, #5436)
     assert result["dry_run"] is True and result["failed_steps"] == ([] if reference_works else ["evaluation"])
-    assert list(steps) == ["environment", "data", "training", "inference", "evaluation", "two_process_step", "done"]
+    assert list(steps) == ["environment", "data", "training", "strongest_starting_point", "inference", "evaluation",
+                           "two_process_step", "done"]
     assert steps["environment"]["detectron2"].startswith("0.6")
 
     training = steps["training"]["median_seconds_per_iteration"]
     assert set(training) == {"ours", "ours_frozen", "detectron2"} and min(training.values()) > 0
     assert steps["training"]["amp"] == "skipped: AMP needs CUDA"
+    strongest = steps["strongest_starting_point"]
+    assert strongest["returncode"] == 0 and strongest["config"] == "configs/cs_ft_R_101_FPN_400ep_LSJ.py"
+    assert strongest["iterations_timed"] == 2 and strongest["seconds_per_iteration_median"] > 0
     assert {k for k in steps["inference"] if "x" in k} == {"128x64", "256x128"}
     assert all(steps["inference"][k]["seconds_per_image"] > 0 for k in ("128x64", "256x128"))
 

@@ -9,7 +9,8 @@ costs only its own numbers; OUT/gpu_check.json is rewritten after every step):
 1. environment: Python, torch, CUDA, GPU, numpy, detectron2;
 2. full-resolution (2048x1024) synthetic Cityscapes data;
 3. training s/iter and peak memory of cs_ft.yaml: ours fp32 and AMP, frozen backbone, and
-   detectron2's DefaultTrainer (tools/benchmark_training.py);
+   detectron2's DefaultTrainer (tools/benchmark_training.py); training s/iter of the strongest
+   starting point on v0.6 (configs/cs_ft_R_101_FPN_400ep_LSJ.py, AMP, 1024x1024 crops);
 4. inference s/image at 1024x512 and 2048x1024 (the model alone, CUDA-synchronised);
 5. the whole evaluation of 100 images, ours against detectron2's (tools/benchmark_evaluation.py);
 6. one 2-process training step over NCCL, if the machine has 2 GPUs.
@@ -29,6 +30,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CS_FT = os.path.join(REPO, "configs", "cs_ft.yaml")
+# The strongest starting point that runs on detectron2 v0.6 on one GPU (README, "Stronger starting
+# points"): detectron2's R101-FPN 400-epoch LSJ Mask R-CNN (COCO 48.9 / 43.7), timed beside cs_ft.yaml.
+STRONGEST = os.path.join(REPO, "configs", "cs_ft_R_101_FPN_400ep_LSJ.py")
 BUDGET_SECONDS = 8 * 60
 
 # step -> sizes of the real check and of the dry run
@@ -37,11 +41,29 @@ SIZES = {
     "training": {"real": dict(iterations=12, warmup=4, opts=[]),
                  "dry": dict(iterations=3, warmup=1, opts=["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN",
                                                            "192", "DATALOADER.NUM_WORKERS", "0"])},
+    # iterations of the strongest starting point at its own crop (1024x1024, AMP), the first `warmup` not timed
+    "strongest": {"real": dict(iterations=12, warmup=4, opts=[]),
+                  "dry": dict(iterations=4, warmup=2, opts=["train.amp.enabled=False", "dataloader.train.num_workers=0",
+                                                            "input_sizes.crop_size=128", "input_sizes.short_side=128",
+                                                            "input_sizes.max_size=256"])},
     "inference": {"real": dict(sizes=[(512, 1024), (1024, 2048)], images=10),
                   "dry": dict(sizes=[(64, 128), (128, 256)], images=2)},
     "evaluation": {"real": dict(num_images=100, width=2048, height=1024, mapper_images=10),
                    "dry": dict(num_images=4, width=256, height=128, mapper_images=2)},
 }
+
+
+def seconds_per_iteration(metrics_file: str, skip: int) -> dict:
+    """Median and mean of the iterations' `time` in a run's metrics.json, after the first `skip`."""
+    if not os.path.exists(metrics_file):
+        return {}
+    with open(metrics_file) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    times = sorted(r["time"] for r in records if "time" in r and r.get("iteration", 0) >= skip)
+    if not times:
+        return {}
+    return {"seconds_per_iteration_median": round(times[len(times) // 2], 4),
+            "seconds_per_iteration_mean": round(sum(times) / len(times), 4), "iterations_timed": len(times)}
 
 
 def environment() -> dict:
@@ -175,6 +197,17 @@ def main(argv=None):
                            "MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2"]
               + training["opts"], share=0.4, json_file=os.path.join(out, "benchmark_training.json"),
               extra={"amp": "skipped: AMP needs CUDA"} if args.dry_run else None)
+
+    strongest = SIZES["strongest"][mode]
+    out = os.path.join(args.output, "strongest_starting_point")
+    value = check.run("strongest_starting_point", [
+        "tools/lazyconfig_train_net.py", "--config-file", STRONGEST, f"train.device={device}", "train.init_checkpoint=",
+        f"train.max_iter={strongest['iterations']}", "train.eval_period=0", "dataloader.test.dataset.names=[]",
+        "train.checkpointer.period=100000", "dataloader.train.total_batch_size=2", "lr_multiplier.warmup_length=0",
+        "CITYSCAPES_FT.LOG_PERIOD=1", f"train.output_dir={out}"] + strongest["opts"],
+        share=0.25, env={"DETECTRON2_DATASETS": data_root}, extra={"config": os.path.relpath(STRONGEST, REPO)})
+    value.update(seconds_per_iteration(os.path.join(out, "metrics.json"), skip=strongest["warmup"]))
+    check.record("strongest_starting_point", value)
 
     check.run("inference", ["tools/gpu_check.py", "--output", args.output, "--step", "inference"]
               + (["--dry-run"] if args.dry_run else []), share=0.2, json_file=os.path.join(args.output, "inference.json"))
