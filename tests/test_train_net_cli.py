@@ -46,8 +46,13 @@ def test_eval_only_reports_official_and_coco_ap(trained, synthetic_root, tmp_pat
     """--eval-only on the trained run's final weights, with its config: the numbers its own
     evaluation at the end of training found."""
     out, _ = trained
+    shutil.copy(os.path.join(out, "config.yaml"), tmp_path / "config.yaml")  # a run's folder
     proc = train_net("--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
                      "OUTPUT_DIR", str(tmp_path), config=FIXTURE, datasets=synthetic_root)
+    # the run's config.yaml stays the description of its training; the evaluation's goes beside it
+    assert (tmp_path / "config.yaml").read_bytes() == open(os.path.join(out, "config.yaml"), "rb").read()
+    assert "model_final.pth" in (tmp_path / "config_eval.yaml").read_text()
+    assert not (tmp_path / "config.yaml.kept").exists()
     log = proc.stdout + proc.stderr
     assert "Official Cityscapes instance-level metric" in log
     assert "COCO-style box AP" in log and "COCO-style mask AP" in log

@@ -1,6 +1,9 @@
 """What tools/train_net.py runs: the config pipeline and the train / evaluate entry point."""
+import contextlib
+import filecmp
 import logging
 import os
+import shutil
 
 import torch
 from detectron2.data import MetadataCatalog
@@ -62,7 +65,8 @@ def setup_cfg(args, load_config=load_yaml_run_config):
         if not args.eval_only:
             cfg, schedule = resolve_config(cfg, typed)
         cfg.freeze()
-        default_setup(cfg, args)  # logs the environment and the config, writes config.yaml
+        with _training_config_kept(cfg.OUTPUT_DIR, args.eval_only):
+            default_setup(cfg, args)  # logs the environment and the config, writes config.yaml
     except BaseException:
         release_output_dir(cfg.OUTPUT_DIR)  # a start that fails leaves the folder free
         raise
@@ -73,6 +77,28 @@ def setup_cfg(args, load_config=load_yaml_run_config):
         for note in schedule.notes:
             logger.warning(note)
     return cfg
+
+
+EVAL_CONFIG = "config_eval.yaml"
+
+
+@contextlib.contextmanager
+def _training_config_kept(output_dir, evaluating: bool):
+    """An evaluation into a folder that already holds a run's config.yaml (`--eval-only`, the
+    robustness benchmark on a training run) leaves that file as it was, the description of the
+    training: the evaluation's config goes to config_eval.yaml."""
+    config = os.path.join(output_dir, "config.yaml")
+    if not (evaluating and comm.is_main_process() and os.path.isfile(config)):
+        yield
+        return
+    kept = config + ".kept"
+    shutil.copy2(config, kept)
+    try:
+        yield
+    finally:
+        if os.path.isfile(config) and not filecmp.cmp(config, kept, shallow=False):
+            os.replace(config, os.path.join(output_dir, EVAL_CONFIG))
+        os.replace(kept, config)
 
 
 def resolve_config(cfg, given=None):
