@@ -66,20 +66,26 @@ class EarlyStopping(_AfterEvaluation):
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.best_checkpoint = best_checkpoint
-        self.best = None
+        self.best = None  # the best value (any improvement: what model_best.pth holds)
         self.best_iteration = None
+        self.reference = None  # the last value that improved by more than min_delta
         self.bad_evaluations = 0
         self.stopped_at = None
 
     def _improves(self, value):
-        if self.best is None:
+        """By more than min_delta over the last value that did (as Keras counts patience)."""
+        if self.reference is None:
             return True
-        return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+        return (value > self.reference + self.min_delta if self.mode == "max"
+                else value < self.reference - self.min_delta)
 
     def decide(self, value):
         done = self.trainer.iter + 1
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            # any improvement, as the best checkpoint counts it: model_best.pth holds this one
+            self.best, self.best_iteration = value, done
         if self._improves(value):
-            self.best, self.best_iteration, self.bad_evaluations = value, done, 0
+            self.reference, self.bad_evaluations = value, 0
             return None
         self.bad_evaluations += 1
         if self.bad_evaluations < self.patience:
@@ -105,12 +111,13 @@ class EarlyStopping(_AfterEvaluation):
                 json.dump(record, f, indent=1)
 
     def state_dict(self):
-        return {"best": self.best, "best_iteration": self.best_iteration,
+        return {"best": self.best, "best_iteration": self.best_iteration, "reference": self.reference,
                 "bad_evaluations": self.bad_evaluations, "stopped_at": self.stopped_at}
 
     def load_state_dict(self, state):
         self.best = state.get("best")
         self.best_iteration = state.get("best_iteration")
+        self.reference = state.get("reference", self.best)
         self.bad_evaluations = state.get("bad_evaluations", 0)
         self.stopped_at = state.get("stopped_at")
 

@@ -3,6 +3,7 @@ every trial's training process prunes by the same rule), and the trial a trainin
 reports to (CITYSCAPES_FT.SWEEP.*). Several workers on any machines share a study through an RDB
 storage URL: Optuna's own distributed mode, nothing of ours in between."""
 import os
+import time
 
 import yaml
 
@@ -23,11 +24,21 @@ def open_storage(url: str):
     """Optuna's RDBStorage for `url` (SQLite: patient with the other workers' writes)."""
     import optuna
 
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:  # a bad URL, a missing driver, an unreachable database
-        raise ConfigNotRunnable(f"--storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, OperationalError) as e:
+            # Workers started together on a new database race to create its tables and version
+            # row; the losers find them made on the next try.
+            if attempt == attempts - 1:
+                raise ConfigNotRunnable(f"--storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as e:  # a bad URL, a missing driver, an unreachable database
+            raise ConfigNotRunnable(f"--storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
 def parse_arguments(text: str, what: str) -> dict:
