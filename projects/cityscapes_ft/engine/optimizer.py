@@ -1,6 +1,5 @@
 """SGD with one parameter group per model part (backbone, FPN, heads) and kind (weights, biases,
 norms), so each part has its own LR multiplier and norms/biases their own weight decay."""
-import copy
 from collections import OrderedDict, defaultdict
 
 import torch
@@ -9,6 +8,7 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from ..lazy.build import lazy_config_of
+from ..lazy.translate import target_name
 from .ddp import unwrap
 
 MODEL_PARTS = ("backbone", "fpn", "heads")
@@ -101,7 +101,7 @@ def build_lazy_optimizer(cfg, model):
     get_default_optimizer_params with, e.g., ViTDet's layer-wise decay) with the CfgNode's resolved
     SOLVER values, its groups split by model part (backbone, FPN, heads) so CITYSCAPES_FT.LR_MULTIPLIER
     and the LR scheduler act on them as on the YAML runs' groups."""
-    node = copy.deepcopy(lazy_config_of(cfg).optimizer)
+    node = lazy_config_of(cfg).optimizer  # loaded anew: ours to change
     solver = cfg.SOLVER
     node.lr = solver.BASE_LR
     node.weight_decay = solver.WEIGHT_DECAY
@@ -111,8 +111,7 @@ def build_lazy_optimizer(cfg, model):
         node.nesterov = solver.NESTEROV
     params = node.params
     params.model = unwrap(model)
-    if str(params.get("_target_", "")).endswith("get_default_optimizer_params") or getattr(
-            params.get("_target_"), "__name__", "") == "get_default_optimizer_params":
+    if target_name(params).endswith(".get_default_optimizer_params"):
         params.base_lr = solver.BASE_LR
         params.weight_decay = solver.WEIGHT_DECAY
         params.weight_decay_norm = solver.WEIGHT_DECAY_NORM

@@ -109,7 +109,8 @@ def _select(lazy, key):
     return OmegaConf.select(lazy, key, default=None)
 
 
-def _target_name(node) -> str:
+def target_name(node) -> str:
+    """The qualified name of a LazyCall node's `_target_` (a callable or its name), else ""."""
     target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
     if target is None:
         return ""
@@ -133,7 +134,7 @@ def _schedule_values(lazy, config_file) -> Dict[str, object]:
     out = {}
     scheduler = node
     max_iter = _select(lazy, "train.max_iter")
-    if _target_name(node).endswith("WarmupParamScheduler"):
+    if target_name(node).endswith("WarmupParamScheduler"):
         scheduler = node.scheduler
         length = float(node.get("warmup_length", 0.0))
         updates = scheduler.get("num_updates") or max_iter
@@ -142,7 +143,7 @@ def _schedule_values(lazy, config_file) -> Dict[str, object]:
         out["SOLVER.WARMUP_METHOD"] = str(node.get("warmup_method", "linear"))
     else:
         out["SOLVER.WARMUP_ITERS"] = 0
-    name = _target_name(scheduler)
+    name = target_name(scheduler)
     if name.endswith("MultiStepParamScheduler"):
         values = [float(v) for v in scheduler["values"]]
         ratios = {round(b / a, 9) for a, b in zip(values, values[1:])} if values[0] else set()
@@ -179,7 +180,7 @@ def _test_sizes(lazy) -> Dict[str, object]:
     if mapper is None:
         return out
     for aug in mapper.get("augmentations") or ():
-        if _target_name(aug).endswith("ResizeShortestEdge"):
+        if target_name(aug).endswith("ResizeShortestEdge"):
             short = _plain(aug.short_edge_length)
             out["INPUT.MIN_SIZE_TEST"] = int(short[0] if isinstance(short, tuple) else short)
             out["INPUT.MAX_SIZE_TEST"] = int(aug.get("max_size", 1333))
@@ -272,7 +273,7 @@ def load_lazy_cityscapes_ft_cfg(config_file: str, opts: Sequence[str] = ()) -> T
     if _select(lazy, "model.backbone.bottom_up.stages.norm") is None:  # RegNet, ViT: no ResNet keys
         cfg.MODEL.RESNETS.NORM = str(_select(lazy, "model.backbone.bottom_up.norm") or "")
     cfg.MODEL.MASK_ON = _select(lazy, "model.roi_heads.mask_head") is not None
-    if _target_name(_select(lazy, "model.roi_heads")).endswith("CascadeROIHeads"):
+    if target_name(_select(lazy, "model.roi_heads")).endswith("CascadeROIHeads"):
         cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
     cfg.MODEL.META_ARCHITECTURE = META_ARCHITECTURE
     cfg.INPUT.DATASET_MAPPER_NAME = MAPPER_NAME
